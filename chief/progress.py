@@ -1,0 +1,78 @@
+"""Progress lines and the results files, both computed from a coordinator snapshot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+from shared import results
+
+log = logging.getLogger("ktcluster.progress")
+
+DONE = ("COMPLETED", "FAILED", "INVALID")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s")
+
+
+def summary(snap: dict) -> dict:
+    """Counts, best and ETA; ETA = remaining trials / running workers x mean trial time."""
+    statuses = [t.status for t in snap["trials"]]
+    completed = statuses.count("COMPLETED")
+    failed = statuses.count("FAILED") + statuses.count("INVALID")
+    running = snap["running"]
+    total = snap["max_trials"] or len(statuses)
+    durations = [r["seconds"] for r in snap["runs"].values() if r.get("seconds")]
+    remaining = max(total - completed - failed, 0)
+    eta = None
+    if durations and remaining:
+        eta = math.ceil(remaining / max(len(running), 1)) * (sum(durations) / len(durations))
+    best = snap["best"]
+    return {
+        "completed": completed, "failed": failed, "running": running, "total": total, "eta": eta,
+        "best": None if best is None else (best.trial_id, best.score),
+    }
+
+
+def line(snap: dict) -> str:
+    s = summary(snap)
+    running = ", ".join(f"{w}:{t}" for w, t in sorted(s["running"].items())) or "none"
+    best = "none yet" if s["best"] is None else f"{s['best'][1]:.4f} (trial {s['best'][0]})"
+    return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed), "
+            f"running [{running}], best {snap['objective'].name} {best}, ETA {_duration(s['eta'])}")
+
+
+def log_progress(coordinator) -> None:
+    log.info(line(coordinator.snapshot()))
+
+
+def write_results(snap: dict, results_dir: str) -> dict:
+    """trials.csv + best_hyperparameters.json; returns the best record."""
+    rows = results.trials_rows(snap["trials"], snap["runs"], snap["space"])
+    best = snap["best"]
+    best_record = {
+        "objective": snap["objective"].name,
+        "direction": snap["objective"].direction,
+        "trial_id": best.trial_id if best else None,
+        "score": best.score if best else None,
+        "worker": snap["runs"].get(best.trial_id, {}).get("worker") if best else None,
+        "hyperparameters": dict(best.hyperparameters.values) if best else {},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results.write(results_dir, rows, snap["space"], best_record)
+    return best_record
+
+
+def final_report(snap: dict, results_dir: str) -> str:
+    best = write_results(snap, results_dir)
+    s = summary(snap)
+    return (f"search finished: {s['completed']} completed, {s['failed']} failed of {len(snap['trials'])}; "
+            f"best {best['objective']}={best['score']} (trial {best['trial_id']}) "
+            f"{json.dumps(best['hyperparameters'], sort_keys=True)}; results in {results_dir}")

@@ -1,0 +1,110 @@
+"""gRPC serving of the coordinator, speaking KerasTuner's own Oracle protocol.
+
+Stock workers and ktcluster workers both talk to it. The chief owns this loop
+(not KerasTuner's `start_server`): a thread pool instead of one thread, an
+exclusive port (no SO_REUSEPORT: a second chief fails at once instead of
+silently splitting the search), errors mapped to gRPC status codes, and a
+blocking wait on an event instead of sleep-polling.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from keras_tuner.src import protos
+from keras_tuner.src.engine import hyperparameters as hp_module
+from keras_tuner.src.engine import trial as trial_module
+
+log = logging.getLogger("ktcluster.server")
+service = protos.get_service()
+service_grpc = protos.get_service_grpc()
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def _guarded(method):
+    """Map exceptions to gRPC status codes so a worker sees the cause, and the chief keeps serving."""
+
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except KeyError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown trial {exc}")
+        except Exception as exc:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class OracleServicer(service_grpc.OracleServicer):
+    def __init__(self, coordinator):
+        self.coordinator = coordinator
+
+    @_guarded
+    def GetSpace(self, request, context):
+        return service.GetSpaceResponse(hyperparameters=self.coordinator.get_space().to_proto())
+
+    @_guarded
+    def UpdateSpace(self, request, context):
+        self.coordinator.update_space(hp_module.HyperParameters.from_proto(request.hyperparameters))
+        return service.UpdateSpaceResponse()
+
+    @_guarded
+    def CreateTrial(self, request, context):
+        trial = self.coordinator.create_trial(request.tuner_id)
+        return service.CreateTrialResponse(trial=trial.to_proto())
+
+    @_guarded
+    def UpdateTrial(self, request, context):
+        trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step)
+        return service.UpdateTrialResponse(trial=trial.to_proto())
+
+    @_guarded
+    def EndTrial(self, request, context):
+        self.coordinator.end_trial(trial_module.Trial.from_proto(request.trial))
+        return service.EndTrialResponse()
+
+    @_guarded
+    def GetTrial(self, request, context):
+        return service.GetTrialResponse(trial=self.coordinator.get_trial(request.trial_id).to_proto())
+
+    @_guarded
+    def GetBestTrials(self, request, context):
+        trials = self.coordinator.get_best_trials(request.num_trials)
+        return service.GetBestTrialsResponse(trials=[t.to_proto() for t in trials])
+
+
+def bind(address: str, max_workers: int = 16):
+    """Create a server bound exclusively to `address`; raise PortInUse if it is taken."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oracle-rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise PortInUse(address)
+    return server, port
+
+
+def serve(server, coordinator) -> None:
+    service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
+    server.start()
+
+
+def wait_ready(address: str, timeout: float) -> bool:
+    """True once something accepts gRPC connections at `address` (health checks, tests)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False

@@ -1,0 +1,246 @@
+"""Settings for every ktcluster process, read once from the environment.
+
+This module must not import TensorFlow or KerasTuner: every setting is checked
+here, before the heavy imports, so a typo costs one line and exit code 2
+instead of a minute of start-up and a half-written state directory.
+
+The table below is the single source of truth for names, defaults and what
+each setting means; README.md and `.env` mirror it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Mapping
+
+TUNERS = ("random", "bayesian", "hyperband", "grid")
+BUILTIN_DATASETS = ("mnist", "digits")
+DIRECTIONS = ("min", "max")
+
+#: name -> (default, help). Defaults suit a laptop run from the repo root.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "KERASTUNER_ORACLE_IP": ("127.0.0.1", "chief: address to bind; worker: chief's address"),
+    "KERASTUNER_ORACLE_PORT": ("8000", "oracle gRPC port (1-65535)"),
+    "KERASTUNER_TUNER_ID": ("", "worker id; derived from the Compose replica number when unset"),
+    "KTC_PROJECT": ("ktcluster", "project name: folder under the state, log and results dirs"),
+    "KTC_TUNER": ("random", "search algorithm: " + " | ".join(TUNERS)),
+    "KTC_MAX_TRIALS": ("10", "number of trials (hyperband: ignored, see KTC_EPOCHS)"),
+    "KTC_EPOCHS": ("2", "epochs per trial (hyperband: max epochs)"),
+    "KTC_OBJECTIVE": ("val_accuracy", "metric to optimise, optionally NAME:min or NAME:max"),
+    "KTC_DATASET": ("mnist", "mnist | digits | module:function returning (x, y), (x_val, y_val)"),
+    "KTC_MODEL": ("", "module:function build_model(hp); empty = the KerasTuner guide's model"),
+    "KTC_SEED": ("", "random seed of the search algorithm (empty = random)"),
+    "KTC_STATE_DIR": ("./run/state", "oracle state and checkpoints (shared by chief and workers)"),
+    "KTC_LOG_DIR": ("./run/logs", "TensorBoard root; the project's runs go in <dir>/<project>"),
+    "KTC_DATA_DIR": ("./run/data", "dataset cache (downloaded once, by the chief)"),
+    "KTC_RESULTS_DIR": ("./run/results", "trials.csv and best_hyperparameters.json go in <dir>/<project>"),
+    "KTC_GPU_MAP": ("", "worker GPU pinning, e.g. 'worker-1=0,worker-2=1'; unset ids pick by replica"),
+    "KTC_TF_THREADS": ("0", "TensorFlow intra/inter-op threads per process (0 = TensorFlow's default)"),
+    "KTC_STOP_GRACE_SECONDS": ("30", "chief: how long to wait for known workers to hear STOPPED"),
+    "KTC_CHIEF_TIMEOUT_SECONDS": ("300", "worker: how long to wait for an unreachable chief"),
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot run with; `str()` is the one-line message."""
+
+    def __init__(self, name: str, value: str, allowed: str):
+        super().__init__(f"{name}={value!r} is not valid: {allowed}")
+        self.name = name
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str | None  # None: let KerasTuner infer it from the name
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    oracle_ip: str
+    oracle_port: int
+    tuner_id: str  # "" when the worker derives it (see shared.identity)
+    project: str
+    tuner: str
+    max_trials: int
+    epochs: int
+    objective: Objective
+    dataset: str
+    model: str
+    seed: int | None
+    state_dir: str
+    log_dir: str
+    data_dir: str
+    results_dir: str
+    gpu_map: Mapping[str, int]
+    tf_threads: int
+    stop_grace_seconds: float
+    chief_timeout_seconds: float
+
+    @property
+    def oracle_address(self) -> str:
+        return f"{self.oracle_ip}:{self.oracle_port}"
+
+    @property
+    def project_state_dir(self) -> str:
+        return os.path.join(self.state_dir, self.project)
+
+    @property
+    def project_log_dir(self) -> str:
+        return os.path.join(self.log_dir, self.project)
+
+    @property
+    def project_results_dir(self) -> str:
+        return os.path.join(self.results_dir, self.project)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_METRIC = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def _int(env, name, minimum, maximum=None):
+    raw = env[name].strip()
+    allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum else "")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, raw, allowed) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(name, raw, allowed)
+    return value
+
+
+def _seconds(env, name):
+    raw = env[name].strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(name, raw, "a positive number of seconds")
+    return value
+
+
+def _choice(env, name, allowed):
+    raw = env[name].strip()
+    if raw not in allowed:
+        raise ConfigError(name, raw, "one of " + ", ".join(allowed))
+    return raw
+
+
+def validate_tuner_id(tuner_id: str, name: str = "KERASTUNER_TUNER_ID") -> str:
+    """Worker ids must be unique and must not contain 'chief'.
+
+    KerasTuner treats ANY process whose id contains "chief" as the oracle
+    (a substring test), which would start a second oracle on the same port.
+    """
+    if "chief" in tuner_id.lower():
+        raise ConfigError(name, tuner_id, "a worker id must not contain 'chief' (KerasTuner would start a second oracle)")
+    if not _NAME.match(tuner_id):
+        raise ConfigError(name, tuner_id, "letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return tuner_id
+
+
+def _objective(env):
+    raw = env["KTC_OBJECTIVE"].strip()
+    name, _, direction = raw.partition(":")
+    if not _METRIC.match(name) or (direction and direction not in DIRECTIONS):
+        raise ConfigError("KTC_OBJECTIVE", raw, "a metric name such as val_accuracy, optionally with :min or :max")
+    return Objective(name, direction or None)
+
+
+def _gpu_map(env):
+    raw = env["KTC_GPU_MAP"].strip()
+    mapping = {}
+    allowed = "comma-separated WORKER_ID=GPU_INDEX pairs, e.g. worker-1=0,worker-2=1"
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        worker, sep, index = pair.partition("=")
+        if not sep or not _NAME.match(worker.strip()) or not index.strip().isdigit():
+            raise ConfigError("KTC_GPU_MAP", raw, allowed)
+        mapping[worker.strip()] = int(index)
+    return mapping
+
+
+def _import_path(env, name, builtins=()):
+    raw = env[name].strip()
+    if raw in builtins or (raw == "" and name == "KTC_MODEL") or _IMPORT_PATH.match(raw):
+        return raw
+    choices = " | ".join((*builtins, "module:function")) if builtins else "module:function (or empty)"
+    raise ConfigError(name, raw, choices)
+
+
+def _directory(env, name, must_write):
+    """Create the directory if needed and check we can use it, before any work."""
+    path = env[name].strip()
+    if not path:
+        raise ConfigError(name, path, "a directory path")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(name, path, f"cannot create it ({exc.strerror})") from None
+    if not os.path.isdir(path):
+        raise ConfigError(name, path, "it exists but is not a directory")
+    mode = os.W_OK | os.X_OK if must_write else os.R_OK | os.X_OK
+    if not os.access(path, mode):
+        raise ConfigError(name, path, "a directory this process can " + ("write" if must_write else "read"))
+    return os.path.abspath(path)
+
+
+#: which directories each role writes (the rest it only reads)
+_WRITES = {
+    "chief": {"KTC_STATE_DIR", "KTC_LOG_DIR", "KTC_DATA_DIR", "KTC_RESULTS_DIR"},
+    "worker": {"KTC_STATE_DIR", "KTC_LOG_DIR"},
+}
+
+
+def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Settings:
+    """Parse and validate every setting; raise ConfigError naming the first bad one."""
+    env = {name: default for name, (default, _) in SETTINGS.items()}
+    env.update({k: v for k, v in (os.environ if environ is None else environ).items() if k in SETTINGS})
+
+    ip = env["KERASTUNER_ORACLE_IP"].strip()
+    if not ip or any(c.isspace() for c in ip):
+        raise ConfigError("KERASTUNER_ORACLE_IP", ip, "a host name or IP address")
+    project = env["KTC_PROJECT"].strip()
+    if not _NAME.match(project):
+        raise ConfigError("KTC_PROJECT", project, "letters, digits, '.', '_' or '-', starting with a letter or digit")
+    tuner_id = env["KERASTUNER_TUNER_ID"].strip()
+    if tuner_id and role == "worker":
+        validate_tuner_id(tuner_id)
+    seed = env["KTC_SEED"].strip()
+    scalars = dict(
+        oracle_ip=ip,
+        oracle_port=_int(env, "KERASTUNER_ORACLE_PORT", 1, 65535),
+        tuner_id=tuner_id,
+        project=project,
+        tuner=_choice(env, "KTC_TUNER", TUNERS),
+        max_trials=_int(env, "KTC_MAX_TRIALS", 1),
+        epochs=_int(env, "KTC_EPOCHS", 1),
+        objective=_objective(env),
+        dataset=_import_path(env, "KTC_DATASET", BUILTIN_DATASETS),
+        model=_import_path(env, "KTC_MODEL"),
+        seed=_int({"KTC_SEED": seed}, "KTC_SEED", 0) if seed else None,
+        gpu_map=_gpu_map(env),
+        tf_threads=_int(env, "KTC_TF_THREADS", 0, 1024),
+        stop_grace_seconds=_seconds(env, "KTC_STOP_GRACE_SECONDS"),
+        chief_timeout_seconds=_seconds(env, "KTC_CHIEF_TIMEOUT_SECONDS"),
+    )
+    # Directories last: nothing is created on disk unless every other value is good.
+    writes = _WRITES.get(role, set())
+    dirs = {}
+    for name in ("KTC_STATE_DIR", "KTC_LOG_DIR", "KTC_DATA_DIR", "KTC_RESULTS_DIR"):
+        used = role in _WRITES and (name != "KTC_RESULTS_DIR" or role == "chief")
+        dirs[name.removeprefix("KTC_").lower()] = (
+            _directory(env, name, must_write=name in writes) if used else env[name].strip()
+        )
+    return Settings(**scalars, **dirs)
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, for README.md (kept in sync by a test)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{n}` | `{d}` | {h} |" for n, (d, h) in SETTINGS.items()]
+    return "\n".join(rows)

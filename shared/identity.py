@@ -1,0 +1,70 @@
+"""Who is this worker? A stable, unique KerasTuner tuner id per replica.
+
+The oracle hands a tuner id its unfinished trial back, so the id must survive a
+re-created container (its hostname does not) and must differ between replicas
+(two workers with one id train the same trial in lockstep). Compose numbers
+replicas `<project>-<service>-<N>`; Docker's embedded DNS (127.0.0.11) answers
+a reverse lookup of the container's own address with that name, so the id is
+`worker-<N>` without mounting the Docker socket.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+from shared.config import validate_tuner_id
+
+DOCKER_DNS = "127.0.0.11"
+_REPLICA_NAME = re.compile(r"^(?P<service>.+)-(?P<number>\d+)$")
+
+
+def replica_number(ptr_name: str) -> int | None:
+    """Replica number from a Compose container DNS name, e.g.
+    'proj-worker-3.proj_default.' -> 3; None when the name has no number."""
+    first_label = ptr_name.rstrip(".").split(".", 1)[0]
+    match = _REPLICA_NAME.match(first_label)
+    return int(match["number"]) if match else None
+
+
+def _compose_ptr_name(timeout: float = 2.0) -> str | None:
+    """Ask Docker's embedded DNS for this container's own name; None outside Docker."""
+    import dns.exception
+    import dns.resolver
+    import dns.reversename
+
+    try:
+        own_ip = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [DOCKER_DNS]
+    resolver.lifetime = timeout
+    try:
+        answer = resolver.resolve(dns.reversename.from_address(own_ip), "PTR")
+    except (dns.exception.DNSException, OSError):
+        return None
+    return str(answer[0])
+
+
+def worker_id(explicit: str, lookup=_compose_ptr_name, pid: int | None = None) -> str:
+    """The tuner id for this worker process.
+
+    Order: the explicit KERASTUNER_TUNER_ID; else `worker-<N>` from the Compose
+    replica number; else (plain processes outside Compose) `worker-<host>-<pid>`.
+    """
+    if explicit:
+        return validate_tuner_id(explicit)
+    name = lookup()
+    number = replica_number(name) if name else None
+    if number is not None:
+        return validate_tuner_id(f"worker-{number}")
+    host = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-")[:24] or "host"
+    return validate_tuner_id(f"worker-{host}-{pid or os.getpid()}", name="derived worker id")
+
+
+def replica_of(tuner_id: str) -> int | None:
+    """The replica number inside a `worker-<N>` id (used to choose a GPU)."""
+    match = re.fullmatch(r"worker-(\d+)", tuner_id)
+    return int(match[1]) if match else None

@@ -1,0 +1,54 @@
+"""What the user keeps: trials.csv and best_hyperparameters.json in KTC_RESULTS_DIR/<project>/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+from shared.atomic import write_text_atomic
+
+FIXED_COLUMNS = ["trial_id", "worker", "status", "score", "seconds"]
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+def trials_rows(trials, runs, hp_names):
+    """One dict per trial, in trial-id order. `runs[trial_id]` has 'worker' and 'seconds'."""
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.trial_id):
+        run = runs.get(trial.trial_id, {})
+        row = {
+            "trial_id": trial.trial_id,
+            "worker": run.get("worker"),
+            "status": trial.status,
+            "score": trial.score,
+            "seconds": None if run.get("seconds") is None else round(run["seconds"], 3),
+        }
+        values = trial.hyperparameters.values
+        row.update({name: values.get(name) for name in hp_names})
+        rows.append(row)
+    return rows
+
+
+def write(results_dir: str, rows, hp_names, best) -> None:
+    """Write both files atomically (a crash never leaves half a CSV)."""
+    os.makedirs(results_dir, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIXED_COLUMNS + list(hp_names), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    write_text_atomic(os.path.join(results_dir, "trials.csv"), buffer.getvalue())
+    write_text_atomic(
+        os.path.join(results_dir, "best_hyperparameters.json"), json.dumps(best, indent=2, sort_keys=True) + "\n"
+    )
