@@ -1,0 +1,90 @@
+"""Chief + 2 workers + TensorBoard as real processes on loopback, digits data."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from tests.procs import (free_port, cluster_env, hparams_session_groups, http_json, processes, python,
+                         wait_until)
+
+MAX_TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    port, tb_port = free_port(), free_port()
+    env = cluster_env(tmp, port, KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=1, KTC_SEED=3)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp)
+        workers = [start(f"worker-{n}", python("worker"), {**env, "KERASTUNER_TUNER_ID": f"worker-{n}"}, tmp)
+                   for n in (1, 2)]
+        codes = {"chief": chief.wait(timeout=420)}
+        for n, worker in enumerate(workers, 1):
+            codes[f"worker-{n}"] = worker.wait(timeout=60)
+        tb = start("tensorboard", [os.path.join(os.path.dirname(python("x")[0]), "tensorboard"),
+                                   "--logdir", str(tmp / "logs" / "itest"), "--port", str(tb_port),
+                                   "--host", "127.0.0.1"], env, tmp)
+        base = f"http://127.0.0.1:{tb_port}"
+        yield {"tmp": tmp, "codes": codes, "chief": chief, "workers": workers, "tb": base, "tb_proc": tb}
+
+
+def test_every_process_exits_0(cluster):
+    assert cluster["codes"] == {"chief": 0, "worker-1": 0, "worker-2": 0}, cluster["chief"].output()[-3000:]
+
+
+def test_every_trial_completed_once_by_both_workers(cluster):
+    rows = list(csv.DictReader(open(cluster["tmp"] / "results" / "itest" / "trials.csv")))
+    assert len(rows) == MAX_TRIALS
+    assert sorted(r["trial_id"] for r in rows) == [str(i) for i in range(MAX_TRIALS)]
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert {r["worker"] for r in rows} == {"worker-1", "worker-2"}
+    assert all(0.0 <= float(r["score"]) <= 1.0 and float(r["seconds"]) > 0 for r in rows)
+    assert {"model_type", "dropout"} <= set(rows[0])
+
+
+def test_best_hyperparameters_match_the_best_row(cluster):
+    rows = list(csv.DictReader(open(cluster["tmp"] / "results" / "itest" / "trials.csv")))
+    best = json.load(open(cluster["tmp"] / "results" / "itest" / "best_hyperparameters.json"))
+    top = max(rows, key=lambda r: float(r["score"]))
+    assert best["trial_id"] == top["trial_id"] and best["score"] == pytest.approx(float(top["score"]))
+    assert best["objective"] == "val_accuracy" and best["hyperparameters"]["model_type"] == top["model_type"]
+
+
+def test_chief_logs_progress_and_results(cluster):
+    out = cluster["chief"].output()
+    assert f"progress: {MAX_TRIALS}/{MAX_TRIALS} done (0 failed)" in out
+    assert "search finished: 6 completed, 0 failed of 6; best val_accuracy=" in out
+
+
+def test_tensorboard_hparams_shows_every_trial(cluster):
+    base = cluster["tb"]
+    groups = wait_until(lambda: _groups_if_all(base), timeout=90, what="TensorBoard to load every trial")
+    by_trial = {g["name"]: g for g in groups}
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(cluster["tmp"] / "results" / "itest" / "trials.csv"))}
+    assert set(by_trial) == set(rows)
+    for trial_id, group in by_trial.items():
+        assert group["hparams"]["model_type"] == rows[trial_id]["model_type"]
+        assert group["hparams"]["worker"] == rows[trial_id]["worker"]
+        assert group["hparams"]["device"] == "CPU"
+        val = [m["value"] for m in group["metricValues"]
+               if m["name"] == {"group": "validation", "tag": "epoch_accuracy"}]
+        assert val and val[0] == pytest.approx(float(rows[trial_id]["score"]), abs=1e-6)
+
+
+def test_tensorboard_serves_curves_and_graphs(cluster):
+    runs = http_json(cluster["tb"] + "/data/runs")
+    assert {f"{t}/execution0/{split}" for t in map(str, range(MAX_TRIALS)) for split in ("train", "validation")} <= set(runs)
+    plugins = http_json(cluster["tb"] + "/data/plugins_listing")
+    assert plugins["scalars"]["enabled"] and plugins["graphs"]["enabled"] and plugins["hparams"]["enabled"]
+
+
+def _groups_if_all(base):
+    try:
+        groups = hparams_session_groups(base)
+    except OSError:
+        return None
+    complete = [g for g in groups if any(m["name"]["group"] == "validation" for m in g.get("metricValues", []))]
+    return groups if len(complete) >= MAX_TRIALS else None

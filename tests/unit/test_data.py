@@ -1,0 +1,65 @@
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from shared import data
+from shared.data import DataError
+from shared.loader import ImportFromStringError
+
+
+def test_digits_is_offline_and_split_80_20(tmp_path):
+    ds = data.load("digits", str(tmp_path))
+    assert ds.input_shape == (8, 8, 1) and ds.num_classes == 10
+    assert len(ds.x_train) == int(1797 * 0.8) and len(ds.x_val) == 1797 - int(1797 * 0.8)
+    assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert list(tmp_path.iterdir()) == []  # nothing cached, nothing downloaded
+
+
+def _fake_mnist(path, n=50):
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), y_train=np.arange(n) % 10,
+             x_test=np.zeros((1, 28, 28), np.uint8), y_test=np.zeros(1, np.int64))
+
+
+def test_mnist_reads_the_cache_like_the_guide(tmp_path):
+    _fake_mnist(tmp_path / data.MNIST_FILE)
+    ds = data.load("mnist", str(tmp_path))
+    assert ds.input_shape == (28, 28, 1) and (len(ds.x_train), len(ds.x_val)) == (40, 10)
+    data.prepare("mnist", str(tmp_path))  # cached: no download attempted (would fail offline)
+
+
+def test_workers_never_download(tmp_path):
+    with pytest.raises(DataError, match="the chief downloads it"):
+        data.load("mnist", str(tmp_path))
+
+
+def test_failed_download_names_the_offline_choice(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on: the download fails at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(data, "MNIST_URL", f"http://127.0.0.1:{port}/mnist.npz")
+    with pytest.raises(DataError) as err:
+        data.prepare("mnist", str(tmp_path))
+    message = str(err.value)
+    assert "KTC_DATASET=digits" in message and "\n" not in message
+    assert not (tmp_path / data.MNIST_FILE).exists()
+
+
+def test_custom_dataset_function(tmp_path, monkeypatch):
+    module = tmp_path / "my_data.py"
+    module.write_text("import numpy as np\n"
+                      "def load():\n"
+                      "    x = np.ones((10, 3)); y = np.arange(10) % 2\n"
+                      "    return (x[:8], y[:8]), (x[8:], y[8:])\n"
+                      "def broken():\n"
+                      "    return 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = data.load("my_data:load", str(tmp_path))
+    assert ds.input_shape == (3,) and ds.num_classes == 2
+    with pytest.raises(DataError, match="KTC_DATASET=my_data:broken"):
+        data.load("my_data:broken", str(tmp_path))
+    with pytest.raises(ImportFromStringError, match="has no attribute 'nope'"):
+        data.load("my_data:nope", str(tmp_path))
+    sys.modules.pop("my_data", None)

@@ -1,0 +1,48 @@
+import csv
+import json
+
+import keras_tuner as kt
+import numpy as np
+
+from chief import progress
+from shared import results
+
+
+def _trial(trial_id, status, score, **values):
+    hp = kt.HyperParameters()
+    hp.values.update(values)
+    trial = kt.engine.trial.Trial(hp, trial_id=trial_id, status=status)
+    trial.score = score
+    return trial
+
+
+def test_trials_csv_and_best(tmp_path):
+    trials = [_trial("1", "COMPLETED", np.float64(0.5), model_type="cnn", dropout=True),
+              _trial("0", "COMPLETED", 0.9, model_type="mlp", units_0=64),
+              _trial("2", "FAILED", None, model_type="mlp")]
+    runs = {"0": {"worker": "worker-1", "seconds": 1.23456}, "1": {"worker": "worker-2", "seconds": 2.0},
+            "2": {"worker": "worker-1", "seconds": None}}
+    snap = {"trials": trials, "runs": runs, "running": {}, "max_trials": 3,
+            "objective": kt.Objective("val_accuracy", "max"), "best": trials[1],
+            "space": ["model_type", "units_0", "dropout"]}
+    progress.write_results(snap, str(tmp_path))
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert list(rows[0]) == results.FIXED_COLUMNS + ["model_type", "units_0", "dropout"]
+    assert [(r["trial_id"], r["worker"], r["status"], r["score"], r["seconds"]) for r in rows] == [
+        ("0", "worker-1", "COMPLETED", "0.9", "1.235"), ("1", "worker-2", "COMPLETED", "0.5", "2.0"),
+        ("2", "worker-1", "FAILED", "", "")]
+    assert (rows[0]["units_0"], rows[1]["units_0"], rows[1]["dropout"]) == ("64", "", "True")
+    best = json.load(open(tmp_path / "best_hyperparameters.json"))
+    assert (best["trial_id"], best["score"], best["worker"]) == ("0", 0.9, "worker-1")
+    assert best["hyperparameters"] == {"model_type": "mlp", "units_0": 64}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_progress_line_counts_best_and_eta():
+    trials = [_trial("0", "COMPLETED", 0.8), _trial("1", "RUNNING", None), _trial("2", "RUNNING", None)]
+    snap = {"trials": trials, "runs": {"0": {"seconds": 60.0}}, "running": {"worker-1": "1", "worker-2": "2"},
+            "max_trials": 6, "objective": kt.Objective("val_accuracy", "max"), "best": trials[0], "space": []}
+    line = progress.line(snap)
+    # 5 trials left over 2 running workers at 60 s each -> 3 rounds -> 3 minutes
+    assert line == ("progress: 1/6 done (0 failed), running [worker-1:1, worker-2:2], "
+                    "best val_accuracy 0.8000 (trial 0), ETA 3m00s")
