@@ -25,17 +25,17 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KERASTUNER_ORACLE_PORT": ("8000", "oracle gRPC port (1-65535)"),
     "KERASTUNER_TUNER_ID": ("", "worker id; derived from the Compose replica number when unset"),
     "KTC_PROJECT": ("ktcluster", "project name: folder under the state, log and results dirs"),
-    "KTC_TUNER": ("random", "search algorithm: " + " | ".join(TUNERS)),
+    "KTC_TUNER": ("random", "search algorithm: " + ", ".join(TUNERS)),
     "KTC_MAX_TRIALS": ("10", "number of trials (hyperband: ignored, see KTC_EPOCHS)"),
     "KTC_EPOCHS": ("2", "epochs per trial (hyperband: max epochs)"),
     "KTC_OBJECTIVE": ("val_accuracy", "metric to optimise, optionally NAME:min or NAME:max"),
-    "KTC_DATASET": ("mnist", "mnist | digits | module:function returning (x, y), (x_val, y_val)"),
+    "KTC_DATASET": ("mnist", "mnist, digits, or module:function returning (x, y), (x_val, y_val)"),
     "KTC_MODEL": ("", "module:function build_model(hp); empty = the KerasTuner guide's model"),
     "KTC_SEED": ("", "random seed of the search algorithm (empty = random)"),
     "KTC_STATE_DIR": ("./run/state", "oracle state and checkpoints (shared by chief and workers)"),
-    "KTC_LOG_DIR": ("./run/logs", "TensorBoard root; the project's runs go in <dir>/<project>"),
+    "KTC_LOG_DIR": ("./run/logs", "TensorBoard root; the project's runs go in DIR/PROJECT"),
     "KTC_DATA_DIR": ("./run/data", "dataset cache (downloaded once, by the chief)"),
-    "KTC_RESULTS_DIR": ("./run/results", "trials.csv and best_hyperparameters.json go in <dir>/<project>"),
+    "KTC_RESULTS_DIR": ("./run/results", "trials.csv and best_hyperparameters.json go in DIR/PROJECT"),
     "KTC_GPU_MAP": ("", "worker GPU pinning, e.g. 'worker-1=0,worker-2=1'; unset ids pick by replica"),
     "KTC_TF_THREADS": ("0", "TensorFlow intra/inter-op threads per process (0 = TensorFlow's default)"),
     "KTC_STOP_GRACE_SECONDS": ("30", "chief: how long to wait for known workers to hear STOPPED"),
@@ -242,5 +242,5 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
 def settings_table() -> str:
     """Markdown table of every setting, for README.md (kept in sync by a test)."""
     rows = ["| setting | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{n}` | `{d}` | {h} |" for n, (d, h) in SETTINGS.items()]
+    rows += [f"| `{n}` | {f'`{d}`' if d else '(empty)'} | {h} |" for n, (d, h) in SETTINGS.items()]
     return "\n".join(rows)

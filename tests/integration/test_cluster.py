@@ -88,3 +88,21 @@ def _groups_if_all(base):
         return None
     complete = [g for g in groups if any(m["name"]["group"] == "validation" for m in g.get("metricValues", []))]
     return groups if len(complete) >= MAX_TRIALS else None
+
+
+def test_bring_your_own_model_and_data(tmp_path):
+    """The wine example runs with settings only (no kit edits): chief + 1 worker."""
+    from tests.conftest import ROOT
+
+    port = free_port()
+    env = cluster_env(tmp_path, port, KTC_MAX_TRIALS=3, KTC_EPOCHS=2, KTC_PROJECT="wine",
+                      KTC_DATASET="wine:load_data", KTC_MODEL="wine:build_model",
+                      PYTHONPATH=f"{ROOT}{os.pathsep}{os.path.join(ROOT, 'examples', 'wine')}")
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        worker = start("worker", python("worker"), {**env, "KERASTUNER_TUNER_ID": "box-a"}, tmp_path)
+        assert chief.wait(timeout=300) == 0, chief.output()[-2000:]
+        assert worker.wait(timeout=60) == 0, worker.output()[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "wine" / "trials.csv")))
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3 and {r["worker"] for r in rows} == {"box-a"}
+    assert {"layers", "units_0", "dropout", "learning_rate"} <= set(rows[0])
