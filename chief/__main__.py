@@ -7,8 +7,8 @@ dataset could not be downloaded), 2 bad setting (one line naming it).
 from __future__ import annotations
 
 import logging
-import os
 import sys
+import threading
 
 from shared import config as config_module
 from shared.config import ConfigError
@@ -58,10 +58,11 @@ def run(settings) -> int:
         return _fail(1, str(exc))
 
     oracle._set_project_dir(settings.state_dir, settings.project)
-    if os.path.exists(oracle._get_oracle_fname()):
-        oracle.reload()  # never overwrite: finished trials are kept
-        log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
+    coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
+                              on_event=progress.log_progress)
+    if oracle.trials:
+        log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     try:
         tuning.declare_space(oracle, build_model)
     except Exception as exc:
@@ -69,20 +70,34 @@ def run(settings) -> int:
                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     oracle.save()
 
-    coordinator = Coordinator(oracle, on_event=progress.log_progress)
-    serve(server, coordinator)
-    log.info("oracle serving on port %d: %s search, %s trials, objective %s, dataset %s",
-             port, settings.tuner, settings.max_trials, settings.objective.name, settings.dataset)
-    coordinator.finished.wait()
-    unheard = coordinator.wait_for_stop_heard(settings.stop_grace_seconds)
-    if unheard:
-        log.warning("stopping without telling %s (no request within %.0fs)", ", ".join(unheard),
-                    settings.stop_grace_seconds)
-    server.stop(grace=5).wait()
+    if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
+        serve(server, coordinator)
+        log.info("oracle serving on port %d: %s search, %s trials, objective %s, dataset %s",
+                 port, settings.tuner, settings.max_trials, settings.objective.name, settings.dataset)
+        reaper = threading.Thread(target=_reap, args=(coordinator, settings.heartbeat_seconds),
+                                  name="lease-reaper", daemon=True)
+        reaper.start()
+        coordinator.finished.wait()
+        unheard = coordinator.wait_for_stop_heard(settings.stop_grace_seconds)
+        if unheard:
+            log.warning("stopping without telling %s (no request within %.0fs)", ", ".join(unheard),
+                        settings.stop_grace_seconds)
+        server.stop(grace=5).wait()
+    else:
+        log.info("project %s is already finished: reporting its results", settings.project)
     snap = coordinator.snapshot()
     coordinator.close()
     log.info(progress.final_report(snap, settings.project_results_dir))
+    if snap["fatal"]:
+        return _fail(1, f"search stopped: {snap['fatal']}")
+    coordinator.mark_finished(progress.summary_record(snap))
     return 0
+
+
+def _reap(coordinator, interval: float) -> None:
+    """Expire silent workers' leases until the search is over (no busy polling: event waits)."""
+    while not coordinator.finished.wait(interval):
+        coordinator.expire_leases()
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,15 @@
-"""Serves one stock KerasTuner oracle to many workers.
+"""Serves one stock KerasTuner oracle to many workers, and survives their faults.
 
-The oracle keeps its own algorithm and bookkeeping; this wrapper adds what a
-cluster needs around it, in one place: one lock for all calls (released even
-when the oracle raises), who ran which trial and for how long (an append-only
-journal, so a restarted chief still knows), progress events, and the moment
-the search is over.
+The oracle keeps its own algorithm and bookkeeping; everything a cluster
+needs around it lives here, in one place:
+- one lock for all calls, released even when the oracle raises (KerasTuner's
+  `@synchronized` has no try/finally and would stay locked for ever);
+- atomic state files (write + rename) instead of in-place JSON rewrites;
+- worker identity and leases (chief.leases): a duplicate id is refused, a
+  silent worker's trial is re-queued, a late report from it is ignored;
+- who ran which attempt for how long, in an append-only journal;
+- a chief restart that neither loses nor re-runs trials;
+- the moment the search is over (or must stop: too many failures in a row).
 """
 
 from __future__ import annotations
@@ -19,15 +24,26 @@ import time
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief.leases import Leases
+from shared.atomic import write_text_atomic
+
 log = logging.getLogger("ktcluster.chief")
 
 RUNNING = trial_module.TrialStatus.RUNNING
 STOPPED = trial_module.TrialStatus.STOPPED
+INVALID = trial_module.TrialStatus.INVALID
 JOURNAL = "ktcluster-runs.jsonl"
+FINISHED_MARKER = "ktcluster-finished.json"
+
+
+def short_message(message: str | None) -> str:
+    """'ExceptionType: text' from a traceback (its last non-empty line), on one line."""
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    return " ".join(lines[-1].split())[:500] if lines else ""
 
 
 class RunJournal:
-    """Append-only record of trial attempts: O(1) per event, replayed on start."""
+    """Append-only record of trial attempts: O(1) per event, fsync'd, replayed on start."""
 
     def __init__(self, project_dir: str):
         self.path = os.path.join(project_dir, JOURNAL)
@@ -42,12 +58,14 @@ class RunJournal:
         self._file = open(self.path, "a")
 
     def _apply(self, event):
-        run = self.runs.setdefault(event["trial"], {"attempts": 0})
+        run = self.runs.setdefault(event["trial"], {"attempts": 0, "message": ""})
         if event["event"] == "start":
-            run.update(worker=event["worker"], started=event["t"], seconds=None)
+            run.update(worker=event["worker"], started=event["t"], seconds=None, status=RUNNING)
             run["attempts"] += 1
         else:
-            run.update(seconds=event["seconds"], status=event["status"])
+            run.update(seconds=event.get("seconds"), status=event["status"])
+            if event.get("message"):
+                run["message"] = event["message"]
 
     def record(self, **event):
         event["t"] = time.time()
@@ -60,27 +78,81 @@ class RunJournal:
         self._file.close()
 
 
+def harden(oracle) -> None:
+    """Make the oracle's state writes atomic: a crash mid-write never leaves half a file."""
+
+    def save():
+        write_text_atomic(oracle._get_oracle_fname(), json.dumps(oracle.get_state()))
+
+    def save_trial(trial):
+        path = os.path.join(oracle._get_trial_dir(trial.trial_id), "trial.json")
+        write_text_atomic(path, json.dumps(trial.get_state()))
+
+    oracle.save = save
+    oracle._save_trial = save_trial
+
+
+def load_project(oracle) -> dict[str, str]:
+    """Reload a saved project; return the trials that were running then, by worker.
+
+    Stock `reload` re-queues every trial listed as ongoing, including ones that
+    had already finished (`end_trial` saves before it un-lists them): that is
+    how a restarted chief re-ran finished trials. Here finished ones are
+    dropped and running ones stay with their worker, which may still be
+    training and report them; its lease decides.
+    """
+    path = oracle._get_oracle_fname()
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        saved = json.load(f)
+    oracle.reload()
+    oracle._retry_queue = list(saved.get("retry_queue", []))
+    restored = {}
+    for worker, trial_id in saved.get("ongoing_trials", {}).items():
+        trial = oracle.trials.get(trial_id)
+        if trial is None:
+            continue
+        if trial.status == RUNNING:
+            oracle.ongoing_trials[worker] = trial
+            oracle.tuner_ids.add(worker)
+            restored[worker] = trial_id
+        elif trial_id not in oracle.end_order:  # ended, but the crash beat the state save
+            oracle.end_order.append(trial_id)
+    return restored
+
+
 class Coordinator:
     """Thread-safe facade over an oracle; `finished` is set when the search is over."""
 
-    def __init__(self, oracle, on_event=lambda coordinator: None):
+    def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
+                 on_event=lambda coordinator: None, clock=time.monotonic):
+        harden(oracle)
         self.oracle = oracle
-        self.journal = RunJournal(oracle._project_dir)
+        self.project_dir = oracle._project_dir
+        restored = load_project(oracle)
+        self.journal = RunJournal(self.project_dir)
+        self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
+        self.heartbeat_seconds = heartbeat_seconds
+        for worker, trial_id in restored.items():
+            self.leases.grant(worker)
+            log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
+                     trial_id, worker, lease_seconds)
         self.finished = threading.Event()
+        self.fatal: str | None = None
         self.stopped_workers: set[str] = set()
         self._stop_seen = False
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._on_event = on_event
         self._check_finished()
+        if not self.finished.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.project_dir, FINISHED_MARKER))
 
     @contextlib.contextmanager
     def _locked(self):
-        """Serialise oracle calls; if the oracle raises, release its own lock too.
-
-        KerasTuner's `@synchronized` has no try/finally: an exception inside an
-        oracle method would leave the oracle locked for ever.
-        """
+        """Serialise oracle calls; if the oracle raises, release its own lock too."""
         with self._lock:
             try:
                 yield self.oracle
@@ -89,6 +161,44 @@ class Coordinator:
                     oracle_module.THREADS[self.oracle] = None
                     oracle_module.LOCKS[self.oracle].release()
                 raise
+
+    # -- workers: identity and liveness ----------------------------------------------
+    def register(self, worker: str, instance: str, info: str = "") -> dict:
+        """Raises leases.DuplicateWorker if another live process uses `worker`."""
+        with self._lock:
+            self.leases.register(worker, instance, info)
+        log.info("%s registered (%s)", worker, info or instance)
+        return {"heartbeat_seconds": self.heartbeat_seconds, "lease_seconds": self.leases.lease_seconds}
+
+    def heartbeat(self, worker: str, instance: str) -> dict:
+        with self._lock:
+            return {"ok": self.leases.beat(worker, instance)}
+
+    def _admit(self, worker: str, instance: str | None) -> None:
+        """Calls carrying an instance must come from the registered holder (or claim a free id)."""
+        if instance and not self.leases.beat(worker, instance):
+            self.leases.register(worker, instance)
+
+    def expire_leases(self) -> list[str]:
+        """Re-queue (or fail, once out of retries) the trials of workers silent past their lease."""
+        expired = []
+        with self._locked() as oracle:
+            for worker in self.leases.expired():
+                oracle.tuner_ids.discard(worker)  # do not wait for it to hear STOPPED
+                trial = oracle.ongoing_trials.get(worker)
+                if trial is None:
+                    continue
+                message = f"LeaseExpired: {worker} silent for over {self.leases.lease_seconds:.0f}s"
+                trial.status, trial.message = INVALID, message
+                self._end(trial, worker, message)
+                expired.append(trial.trial_id)
+                log.warning("trial %s: %s; %s", trial.trial_id, message,
+                            "re-queued" if trial.trial_id in oracle._retry_queue else "out of retries")
+            self._check_finished()
+        if expired:
+            self._notify()
+            self._on_event(self)
+        return expired
 
     # -- the oracle protocol, as the gRPC servicer calls it ---------------------------
     def get_space(self):
@@ -99,40 +209,92 @@ class Coordinator:
         with self._locked() as oracle:
             oracle.update_space(hyperparameters)
 
-    def create_trial(self, tuner_id: str):
+    def create_trial(self, worker: str, instance: str | None = None):
+        """Returns (trial, attempt): attempt counts from 1 per trial."""
         with self._locked() as oracle:
-            resumed = tuner_id in oracle.ongoing_trials
-            trial = oracle.create_trial(tuner_id)
+            self._admit(worker, instance)
+            if self.fatal:
+                return trial_module.Trial(oracle.get_space(), status=STOPPED), 0
+            resumed = worker in oracle.ongoing_trials
+            trial = oracle.create_trial(worker)
             if trial.status == RUNNING and not resumed:
-                self.journal.record(event="start", trial=trial.trial_id, worker=tuner_id)
-                log.info("trial %s -> %s: %s", trial.trial_id, tuner_id, trial.hyperparameters.values)
+                self.journal.record(event="start", trial=trial.trial_id, worker=worker)
+                log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
+                         self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
             elif trial.status == RUNNING:
-                log.info("trial %s resumed by %s", trial.trial_id, tuner_id)
+                log.info("trial %s resumed by %s", trial.trial_id, worker)
             elif trial.status == STOPPED:
                 self._stop_seen = True
-                if tuner_id not in self.stopped_workers:
-                    self.stopped_workers.add(tuner_id)
-                    log.info("%s told to stop: no trials left", tuner_id)
+                if worker not in self.stopped_workers:
+                    self.stopped_workers.add(worker)
+                    log.info("%s told to stop: no trials left", worker)
+            attempt = self.journal.runs.get(trial.trial_id, {}).get("attempts", 0) if trial.status == RUNNING else 0
             self._check_finished()
         self._notify()
         self._on_event(self)
-        return trial
+        return trial, attempt
 
-    def update_trial(self, trial_id, metrics, step=0):
+    def _owner_of(self, trial_id: str) -> str | None:
+        for worker, trial in self.oracle.ongoing_trials.items():
+            if trial.trial_id == trial_id:
+                return worker
+        return None
+
+    def _accepts(self, trial_id: str, worker: str | None, what: str) -> bool:
+        """Reports count only from the worker that holds the trial now (stock workers send no id)."""
+        owner = self._owner_of(trial_id)
+        if owner is not None and (worker is None or worker == owner):
+            return True
+        log.warning("%s of trial %s from %s ignored: %s", what, trial_id, worker or "a worker",
+                    f"it now belongs to {owner}" if owner else "it is not running (lease expired or already ended)")
+        return False
+
+    def update_trial(self, trial_id, metrics, step=0, worker=None, instance=None):
         with self._locked() as oracle:
+            if worker:
+                self._admit(worker, instance)
+            if not self._accepts(trial_id, worker, "progress report"):
+                return oracle.trials[trial_id]
             return oracle.update_trial(trial_id, metrics, step=step)
 
-    def end_trial(self, trial):
+    def end_trial(self, trial, worker=None, instance=None, message: str = "") -> bool:
+        """Record a finished attempt exactly once; False if the report was ignored."""
         with self._locked() as oracle:
-            oracle.end_trial(trial)
-            ended = oracle.trials[trial.trial_id]
-            run = self.journal.runs.get(trial.trial_id, {})
-            seconds = time.time() - run["started"] if run.get("started") else None
-            self.journal.record(event="end", trial=trial.trial_id, status=ended.status, seconds=seconds)
-            log.info("trial %s %s by %s: %s=%s", trial.trial_id, ended.status, run.get("worker"),
-                     oracle.objective.name, ended.score)
+            if worker:
+                self._admit(worker, instance)
+            if not self._accepts(trial.trial_id, worker, "result"):
+                return False
+            owner = self._owner_of(trial.trial_id)
+            if message:
+                trial.message = message
+            self._end(trial, owner, message)
             self._check_finished()
+        self._notify()
         self._on_event(self)
+        return True
+
+    def _end(self, trial, worker, message):
+        """oracle.end_trial + journal; a 'too many failures in a row' error stops the search."""
+        oracle = self.oracle
+        try:
+            oracle.end_trial(trial)
+        except RuntimeError as exc:  # stock: max_consecutive_failed_trials reached
+            if "consecutive failures" not in str(exc):
+                raise
+            self.fatal = (f"{oracle.max_consecutive_failed_trials} trials failed in a row "
+                          f"(KTC_MAX_CONSECUTIVE_FAILURES); last error: {short_message(message)}")
+            oracle.ongoing_trials.pop(worker, None)
+            oracle._save_trial(oracle.trials[trial.trial_id])
+            oracle.save()
+            log.error("search stopped: %s", self.fatal)
+        ended = oracle.trials[trial.trial_id]
+        run = self.journal.runs.get(trial.trial_id, {})
+        seconds = time.time() - run["started"] if run.get("started") else None
+        status = "RETRY" if trial.trial_id in oracle._retry_queue else ended.status
+        self.journal.record(event="end", trial=trial.trial_id, status=status, seconds=seconds,
+                            message=short_message(message))
+        detail = f"{oracle.objective.name}={ended.score}" if ended.status == "COMPLETED" else short_message(message)
+        log.info("trial %s %s by %s: %s", trial.trial_id, status, worker, detail)
 
     def get_trial(self, trial_id):
         with self._locked() as oracle:
@@ -142,6 +304,7 @@ class Coordinator:
         with self._locked() as oracle:
             return oracle.get_best_trials(num_trials)
 
+    # -- state of the search --------------------------------------------------------
     def wait_for_stop_heard(self, timeout: float) -> list[str]:
         """Block until every worker that asked for work was told STOPPED, or `timeout`.
 
@@ -161,15 +324,19 @@ class Coordinator:
         with self._changed:
             self._changed.notify_all()
 
-    # -- state of the search --------------------------------------------------------
     def _check_finished(self):
         oracle = self.oracle
         budget_spent = bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
-        if (self._stop_seen or budget_spent) and not oracle.ongoing_trials and not oracle._retry_queue:
+        over = (self._stop_seen or budget_spent) and not oracle.ongoing_trials and not oracle._retry_queue
+        if over or self.fatal:
             self.finished.set()
 
+    def mark_finished(self, summary: dict) -> None:
+        """Tell late or restarted workers (they share the state dir) that there is nothing left to do."""
+        write_text_atomic(os.path.join(self.project_dir, FINISHED_MARKER), json.dumps(summary) + "\n")
+
     def snapshot(self) -> dict:
-        """A consistent view for progress lines and the results files."""
+        """A consistent view for progress lines, status and the results files."""
         with self._locked() as oracle:
             trials = list(oracle.trials.values())
             best = oracle.get_best_trials(1)
@@ -177,10 +344,12 @@ class Coordinator:
                 "trials": trials,
                 "runs": {k: dict(v) for k, v in self.journal.runs.items()},
                 "running": {w: t.trial_id for w, t in oracle.ongoing_trials.items()},
+                "queued": list(oracle._retry_queue),
                 "max_trials": oracle.max_trials,
                 "objective": oracle.objective,
                 "best": best[0] if best and best[0].status == trial_module.TrialStatus.COMPLETED else None,
                 "space": [hp.name for hp in oracle.get_space().space],
+                "fatal": self.fatal,
             }
 
     def close(self):

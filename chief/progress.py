@@ -26,7 +26,7 @@ def summary(snap: dict) -> dict:
     """Counts, best and ETA; ETA = remaining trials / running workers x mean trial time."""
     statuses = [t.status for t in snap["trials"]]
     completed = statuses.count("COMPLETED")
-    failed = statuses.count("FAILED") + statuses.count("INVALID")
+    failed = statuses.count("FAILED")
     running = snap["running"]
     total = snap["max_trials"] or len(statuses)
     durations = [r["seconds"] for r in snap["runs"].values() if r.get("seconds")]
@@ -37,15 +37,24 @@ def summary(snap: dict) -> dict:
     best = snap["best"]
     return {
         "completed": completed, "failed": failed, "running": running, "total": total, "eta": eta,
+        "queued": len(snap.get("queued", ())),
         "best": None if best is None else (best.trial_id, best.score),
     }
+
+
+def summary_record(snap: dict) -> dict:
+    """JSON-able counts for the finished marker."""
+    s = summary(snap)
+    return {"completed": s["completed"], "failed": s["failed"], "total": len(snap["trials"]),
+            "best_trial": s["best"][0] if s["best"] else None}
 
 
 def line(snap: dict) -> str:
     s = summary(snap)
     running = ", ".join(f"{w}:{t}" for w, t in sorted(s["running"].items())) or "none"
     best = "none yet" if s["best"] is None else f"{s['best'][1]:.4f} (trial {s['best'][0]})"
-    return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed), "
+    queued = f", {s['queued']} queued for retry" if s["queued"] else ""
+    return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed{queued}), "
             f"running [{running}], best {snap['objective'].name} {best}, ETA {_duration(s['eta'])}")
 
 
@@ -73,6 +82,9 @@ def write_results(snap: dict, results_dir: str) -> dict:
 def final_report(snap: dict, results_dir: str) -> str:
     best = write_results(snap, results_dir)
     s = summary(snap)
-    return (f"search finished: {s['completed']} completed, {s['failed']} failed of {len(snap['trials'])}; "
+    failed = [f"{t.trial_id} ({snap['runs'].get(t.trial_id, {}).get('message') or 'no message'})"
+              for t in snap["trials"] if t.status == "FAILED"]
+    return (f"search {'STOPPED' if snap.get('fatal') else 'finished'}: {s['completed']} completed, "
+            f"{s['failed']} failed{': ' + '; '.join(failed) if failed else ''} of {len(snap['trials'])}; "
             f"best {best['objective']}={best['score']} (trial {best['trial_id']}) "
             f"{json.dumps(best['hyperparameters'], sort_keys=True)}; results in {results_dir}")

@@ -17,6 +17,9 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief.leases import DuplicateWorker
+from shared import rpc
+
 log = logging.getLogger("ktcluster.server")
 service = protos.get_service()
 service_grpc = protos.get_service_grpc()
@@ -32,6 +35,8 @@ def _guarded(method):
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
+        except DuplicateWorker as exc:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except KeyError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown trial {exc}")
         except Exception as exc:
@@ -42,7 +47,15 @@ def _guarded(method):
     return wrapper
 
 
+def _caller(context) -> tuple[str | None, str | None, str]:
+    meta = rpc.metadata(context)
+    message = meta.get(rpc.MESSAGE_KEY, b"")
+    return meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY), message.decode("utf-8", "replace")
+
+
 class OracleServicer(service_grpc.OracleServicer):
+    """KerasTuner's Oracle service; ktcluster workers add who they are as metadata."""
+
     def __init__(self, coordinator):
         self.coordinator = coordinator
 
@@ -57,17 +70,22 @@ class OracleServicer(service_grpc.OracleServicer):
 
     @_guarded
     def CreateTrial(self, request, context):
-        trial = self.coordinator.create_trial(request.tuner_id)
+        _, instance, _ = _caller(context)
+        trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
+        context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
         return service.CreateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def UpdateTrial(self, request, context):
-        trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step)
+        worker, instance, _ = _caller(context)
+        trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step,
+                                              worker=worker, instance=instance)
         return service.UpdateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def EndTrial(self, request, context):
-        self.coordinator.end_trial(trial_module.Trial.from_proto(request.trial))
+        worker, instance, message = _caller(context)
+        self.coordinator.end_trial(trial_module.Trial.from_proto(request.trial), worker, instance, message)
         return service.EndTrialResponse()
 
     @_guarded
@@ -78,6 +96,21 @@ class OracleServicer(service_grpc.OracleServicer):
     def GetBestTrials(self, request, context):
         trials = self.coordinator.get_best_trials(request.num_trials)
         return service.GetBestTrialsResponse(trials=[t.to_proto() for t in trials])
+
+
+class ClusterServicer:
+    """ktcluster's own service: worker registration and heartbeats."""
+
+    def __init__(self, coordinator):
+        self.coordinator = coordinator
+
+    @_guarded
+    def Register(self, request, context):
+        return self.coordinator.register(request["worker"], request["instance"], request.get("info", ""))
+
+    @_guarded
+    def Heartbeat(self, request, context):
+        return self.coordinator.heartbeat(request["worker"], request["instance"])
 
 
 def bind(address: str, max_workers: int = 16):
@@ -97,6 +130,7 @@ def bind(address: str, max_workers: int = 16):
 
 def serve(server, coordinator) -> None:
     service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
+    server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator)),))
     server.start()
 
 

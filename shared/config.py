@@ -39,7 +39,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_GPU_MAP": ("", "worker GPU pinning, e.g. 'worker-1=0,worker-2=1'; unset ids pick by replica"),
     "KTC_TF_THREADS": ("0", "TensorFlow intra/inter-op threads per process (0 = TensorFlow's default)"),
     "KTC_STOP_GRACE_SECONDS": ("30", "chief: how long to wait for known workers to hear STOPPED"),
-    "KTC_CHIEF_TIMEOUT_SECONDS": ("300", "worker: how long to wait for an unreachable chief"),
+    "KTC_CHIEF_TIMEOUT_SECONDS": ("300", "worker: how long to ride out an unreachable chief before exiting"),
+    "KTC_LEASE_SECONDS": ("60", "a worker silent this long loses its trial to another worker"),
+    "KTC_HEARTBEAT_SECONDS": ("5", "worker heartbeat interval, independent of epoch length (< lease / 2)"),
+    "KTC_MAX_RETRIES": ("1", "extra attempts for a trial that raised or whose worker died"),
+    "KTC_MAX_CONSECUTIVE_FAILURES": ("5", "the search stops with an error after this many failed trials in a row"),
 }
 
 
@@ -78,6 +82,10 @@ class Settings:
     tf_threads: int
     stop_grace_seconds: float
     chief_timeout_seconds: float
+    lease_seconds: float
+    heartbeat_seconds: float
+    max_retries: int
+    max_consecutive_failures: int
 
     @property
     def oracle_address(self) -> str:
@@ -227,7 +235,14 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         tf_threads=_int(env, "KTC_TF_THREADS", 0, 1024),
         stop_grace_seconds=_seconds(env, "KTC_STOP_GRACE_SECONDS"),
         chief_timeout_seconds=_seconds(env, "KTC_CHIEF_TIMEOUT_SECONDS"),
+        lease_seconds=_seconds(env, "KTC_LEASE_SECONDS"),
+        heartbeat_seconds=_seconds(env, "KTC_HEARTBEAT_SECONDS"),
+        max_retries=_int(env, "KTC_MAX_RETRIES", 0, 100),
+        max_consecutive_failures=_int(env, "KTC_MAX_CONSECUTIVE_FAILURES", 1),
     )
+    if scalars["heartbeat_seconds"] * 2 > scalars["lease_seconds"]:
+        raise ConfigError("KTC_HEARTBEAT_SECONDS", env["KTC_HEARTBEAT_SECONDS"].strip(),
+                          f"at most half of KTC_LEASE_SECONDS ({scalars['lease_seconds']:g})")
     # Directories last: nothing is created on disk unless every other value is good.
     writes = _WRITES.get(role, set())
     dirs = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from tensorboard.plugins.hparams import api_pb2, summary, summary_v2
+from tensorboard.plugins.hparams import summary, summary_v2
 
 WORKER = "worker"
 DEVICE = "device"
@@ -45,10 +45,8 @@ class TrialRecorder(keras.callbacks.Callback):
             )
         self._writer.flush()
 
-    def on_train_end(self, logs=None):
-        self.end(api_pb2.STATUS_SUCCESS)
-
     def end(self, status: int) -> None:
+        """Write the session's end record (the tuner calls it once the trial's status is known)."""
         if self._writer is None:
             return
         with self._writer.as_default():

@@ -12,6 +12,7 @@ import numpy as np
 from shared.atomic import write_text_atomic
 
 FIXED_COLUMNS = ["trial_id", "worker", "status", "score", "seconds"]
+LAST_COLUMNS = ["attempts", "message"]  # after the hyperparameters
 
 
 def _cell(value):
@@ -36,6 +37,7 @@ def trials_rows(trials, runs, hp_names):
         }
         values = trial.hyperparameters.values
         row.update({name: values.get(name) for name in hp_names})
+        row.update(attempts=run.get("attempts"), message=run.get("message") or None)
         rows.append(row)
     return rows
 
@@ -44,7 +46,7 @@ def write(results_dir: str, rows, hp_names, best) -> None:
     """Write both files atomically (a crash never leaves half a CSV)."""
     os.makedirs(results_dir, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIXED_COLUMNS + list(hp_names), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=FIXED_COLUMNS + list(hp_names) + LAST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({key: _cell(value) for key, value in row.items()})

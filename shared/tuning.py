@@ -12,7 +12,8 @@ def make_oracle(settings: Settings):
     objective = settings.objective.name
     if settings.objective.direction:
         objective = kt.Objective(objective, settings.objective.direction)
-    common = dict(objective=objective, seed=settings.seed)
+    common = dict(objective=objective, seed=settings.seed, max_retries_per_trial=settings.max_retries,
+                  max_consecutive_failed_trials=settings.max_consecutive_failures)
     try:
         if settings.tuner == "hyperband":
             return kt.oracles.HyperbandOracle(max_epochs=settings.epochs, **common)

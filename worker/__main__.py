@@ -7,6 +7,7 @@ Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from shared import config as config_module
@@ -33,7 +34,7 @@ def main() -> int:
     from shared import data, devices, hypermodels
     from shared.data import DataError
     from shared.loader import ImportFromStringError
-    from worker.client import ChiefUnreachable
+    from worker.client import ChiefUnreachable, DuplicateWorkerId
 
     devices.configure_tensorflow(settings.tf_threads)
     try:
@@ -44,16 +45,33 @@ def main() -> int:
 
     from worker import runner
 
+    if _search_finished(settings):
+        log.info("%s: project %s is already finished; nothing to do", tuner_id, settings.project)
+        return 0
     try:
         dataset = data.load(settings.dataset, settings.data_dir)
         build_model = hypermodels.resolve(settings.model, dataset)
         runner.run(settings, tuner_id, device, dataset, build_model)
     except (ConfigError, ImportFromStringError) as exc:
         return _fail(2, str(exc))
-    except (DataError, ChiefUnreachable) as exc:
+    except DuplicateWorkerId as exc:
+        return _fail(2, f"KERASTUNER_TUNER_ID={tuner_id}: {exc}")
+    except ChiefUnreachable as exc:
+        if _search_finished(settings):
+            log.info("%s: the search finished while the chief was out of reach; exiting", tuner_id)
+            return 0
+        return _fail(1, f"{tuner_id}: {exc}")
+    except DataError as exc:
         return _fail(1, f"{tuner_id}: {exc}")
     log.info("%s: no trials left, exiting", tuner_id)
     return 0
+
+
+def _search_finished(settings) -> bool:
+    """The chief leaves a marker in the shared state dir when a search is over."""
+    from chief.coordinator import FINISHED_MARKER
+
+    return os.path.exists(os.path.join(settings.project_state_dir, FINISHED_MARKER))
 
 
 if __name__ == "__main__":

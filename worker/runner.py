@@ -7,11 +7,19 @@ import os
 
 import keras
 import keras_tuner as kt
+from tensorboard.plugins.hparams import api_pb2
 
 from shared import hparams, tuning
 from worker.client import OracleClient
 
 log = logging.getLogger("ktcluster.worker")
+
+
+def attempt_log_dir(root: str, trial_id: str, attempt: int, execution: int) -> str:
+    """<root>/<trial>/execution<N> for a first attempt (KerasTuner's layout), and
+    <root>/<trial>/attempt<k>/execution<N> for retries: one clean TensorBoard run per attempt."""
+    parts = [trial_id] + ([f"attempt{attempt}"] if attempt > 1 else []) + [f"execution{execution}"]
+    return os.path.join(root, *parts)
 
 
 class ClusterTuner(kt.Tuner):
@@ -30,25 +38,37 @@ class ClusterTuner(kt.Tuner):
             tuner_id=tuner_id,
             overwrite=False,  # never: the project folder is shared with the chief
         )
-        # Replace the stock client (hour-long waits, no IDLE backoff) with ours.
+        # Replace the stock client (hour-long waits, no identity, no IDLE backoff) with ours.
         self.oracle = OracleClient(self.oracle._oracle, settings.oracle_address, tuner_id,
                                    settings.chief_timeout_seconds)
         self.settings, self.device = settings, device
+        self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-        """Each attempt logs to <log root>/<trial_id>/execution<N> with ktcluster's HParams record."""
+        """Point TensorBoard at this attempt's own run and add ktcluster's HParams record."""
+        attempt = self.oracle.attempts.get(trial.trial_id, 1)
         for callback in list(callbacks):
             if isinstance(callback, keras.callbacks.TensorBoard):
-                log_dir = os.path.join(self.settings.project_log_dir, trial.trial_id, f"execution{execution}")
+                log_dir = attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
                 callback.log_dir = log_dir
-                callbacks.append(hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device))
+                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device)
+                self._recorders.setdefault(trial.trial_id, []).append(recorder)
+                callbacks.append(recorder)
 
     def on_trial_begin(self, trial):
-        log.info("%s starts trial %s: %s", self.tuner_id, trial.trial_id, trial.hyperparameters.values)
+        log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
+                 self.oracle.attempts.get(trial.trial_id, 1), trial.hyperparameters.values)
         super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
-        log.info("%s ends trial %s: %s", self.tuner_id, trial.trial_id, trial.status)
+        failed = trial.status != kt.engine.trial.TrialStatus.COMPLETED
+        for recorder in self._recorders.pop(trial.trial_id, []):
+            recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS)
+        if failed:
+            last = (trial.message or "").strip().splitlines()[-1:] or ["no message"]
+            log.warning("%s: trial %s failed: %s", self.tuner_id, trial.trial_id, last[0])
+        else:
+            log.info("%s ends trial %s: %s", self.tuner_id, trial.trial_id, trial.status)
         super().on_trial_end(trial)
 
 
@@ -56,14 +76,11 @@ class HyperbandClusterTuner(ClusterTuner, kt.Hyperband):
     """Hyperband's run_trial/_build_hypermodel (epochs per bracket, warm starts) on ClusterTuner."""
 
 
-def tuner_for(settings, tuner_id: str, device: str, build_model) -> ClusterTuner:
-    cls = HyperbandClusterTuner if settings.tuner == "hyperband" else ClusterTuner
-    return cls(settings, tuner_id, device, build_model)
-
-
 def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
-    tuner = tuner_for(settings, tuner_id, device, build_model)
+    cls = HyperbandClusterTuner if settings.tuner == "hyperband" else ClusterTuner
+    tuner = cls(settings, tuner_id, device, build_model)
     try:
+        tuner.oracle.register(claim_seconds=3 * settings.heartbeat_seconds + 2)
         tuner.search(
             dataset.x_train, dataset.y_train,
             validation_data=(dataset.x_val, dataset.y_val),

@@ -20,18 +20,20 @@ def test_trials_csv_and_best(tmp_path):
     trials = [_trial("1", "COMPLETED", np.float64(0.5), model_type="cnn", dropout=True),
               _trial("0", "COMPLETED", 0.9, model_type="mlp", units_0=64),
               _trial("2", "FAILED", None, model_type="mlp")]
-    runs = {"0": {"worker": "worker-1", "seconds": 1.23456}, "1": {"worker": "worker-2", "seconds": 2.0},
-            "2": {"worker": "worker-1", "seconds": None}}
+    runs = {"0": {"worker": "worker-1", "seconds": 1.23456, "attempts": 1},
+            "1": {"worker": "worker-2", "seconds": 2.0, "attempts": 1},
+            "2": {"worker": "worker-1", "seconds": None, "attempts": 2, "message": "ValueError: bad combo"}}
     snap = {"trials": trials, "runs": runs, "running": {}, "max_trials": 3,
             "objective": kt.Objective("val_accuracy", "max"), "best": trials[1],
             "space": ["model_type", "units_0", "dropout"]}
     progress.write_results(snap, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
-    assert list(rows[0]) == results.FIXED_COLUMNS + ["model_type", "units_0", "dropout"]
+    assert list(rows[0]) == results.FIXED_COLUMNS + ["model_type", "units_0", "dropout"] + results.LAST_COLUMNS
     assert [(r["trial_id"], r["worker"], r["status"], r["score"], r["seconds"]) for r in rows] == [
         ("0", "worker-1", "COMPLETED", "0.9", "1.235"), ("1", "worker-2", "COMPLETED", "0.5", "2.0"),
         ("2", "worker-1", "FAILED", "", "")]
     assert (rows[0]["units_0"], rows[1]["units_0"], rows[1]["dropout"]) == ("64", "", "True")
+    assert [(r["attempts"], r["message"]) for r in rows] == [("1", ""), ("1", ""), ("2", "ValueError: bad combo")]
     best = json.load(open(tmp_path / "best_hyperparameters.json"))
     assert (best["trial_id"], best["score"], best["worker"]) == ("0", 0.9, "worker-1")
     assert best["hyperparameters"] == {"model_type": "mlp", "units_0": 64}

@@ -1,0 +1,73 @@
+"""Worker presence and trial leases: pure logic with an injectable clock.
+
+Two clocks run per worker id, both fed by heartbeats:
+- presence: an instance silent for `presence_seconds` is gone, so a new
+  process may claim its id (a restarted container); while it is present, a
+  second process asking for the same id is a duplicate and is refused.
+- lease: an id silent for `lease_seconds` loses its running trial, which goes
+  back to the queue for another worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+
+class DuplicateWorker(RuntimeError):
+    """Another live process already uses this worker id."""
+
+
+@dataclasses.dataclass
+class _Holder:
+    instance: str | None  # None: granted by a restarted chief, claimable by the first to register
+    seen: float
+    info: str = ""
+
+
+class Leases:
+    def __init__(self, lease_seconds: float, presence_seconds: float, clock=time.monotonic):
+        self.lease_seconds = lease_seconds
+        self.presence_seconds = min(presence_seconds, lease_seconds)
+        self.clock = clock
+        self._holders: dict[str, _Holder] = {}
+
+    def register(self, worker: str, instance: str, info: str = "") -> bool:
+        """Bind `worker` to `instance`; True if it was already ours or free, raise DuplicateWorker
+        if another instance holds it and is still present."""
+        now = self.clock()
+        holder = self._holders.get(worker)
+        if holder and holder.instance not in (None, instance) and now - holder.seen < self.presence_seconds:
+            raise DuplicateWorker(
+                f"worker id {worker!r} is already used by a live worker ({holder.info or holder.instance}); "
+                "give each worker its own KERASTUNER_TUNER_ID")
+        self._holders[worker] = _Holder(instance, now, info)
+        return True
+
+    def beat(self, worker: str, instance: str) -> bool:
+        """Renew; False when `instance` does not hold `worker` (it must register again)."""
+        holder = self._holders.get(worker)
+        if holder is None or holder.instance not in (None, instance):
+            return False
+        holder.instance, holder.seen = instance, self.clock()
+        return True
+
+    def holds(self, worker: str, instance: str | None) -> bool:
+        holder = self._holders.get(worker)
+        return holder is not None and (instance is None or holder.instance in (None, instance))
+
+    def grant(self, worker: str) -> None:
+        """A restarted chief gives previous trial owners a fresh lease to come back within."""
+        self._holders.setdefault(worker, _Holder(None, self.clock()))
+
+    def expired(self) -> list[str]:
+        """Worker ids silent for longer than the lease (oldest first); they are forgotten."""
+        now = self.clock()
+        gone = sorted((h.seen, w) for w, h in self._holders.items() if now - h.seen >= self.lease_seconds)
+        for _, worker in gone:
+            del self._holders[worker]
+        return [worker for _, worker in gone]
+
+    def silent_for(self, worker: str) -> float | None:
+        holder = self._holders.get(worker)
+        return None if holder is None else self.clock() - holder.seen

@@ -1,0 +1,54 @@
+"""What ktcluster adds on the wire, beside KerasTuner's Oracle service.
+
+A second gRPC service, `ktcluster.Cluster`, on the chief's port: JSON
+messages through grpcio's generic handlers (no generated code to keep in
+sync). And gRPC metadata on the stock Oracle calls, so the chief knows which
+worker instance sent them and can receive a failed trial's message (the
+stock Trial proto has no message field).
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+SERVICE = "ktcluster.Cluster"
+METHODS = ("Register", "Heartbeat")
+
+WORKER_KEY = "ktc-worker"  # tuner id
+INSTANCE_KEY = "ktc-instance"  # one per worker process: tells a restarted worker from a duplicate
+MESSAGE_KEY = "ktc-message-bin"  # a failed trial's message, UTF-8 (binary metadata)
+ATTEMPT_KEY = "ktc-attempt"  # trailing metadata of CreateTrial: attempt number of the trial
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _loads(raw: bytes):
+    return json.loads(raw.decode()) if raw else {}
+
+
+def generic_handler(implementation) -> grpc.GenericRpcHandler:
+    """Serve `implementation.<Method>(request: dict, context) -> dict` for every name in METHODS."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(implementation, name), request_deserializer=_loads, response_serializer=_dumps)
+        for name in METHODS
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+class ClusterStub:
+    """Client side: `stub.Heartbeat({...}, timeout=...) -> dict`."""
+
+    def __init__(self, channel: grpc.Channel):
+        for name in METHODS:
+            setattr(self, name, channel.unary_unary(
+                f"/{SERVICE}/{name}", request_serializer=_dumps, response_deserializer=_loads))
+
+
+def metadata(context) -> dict:
+    """Invocation metadata as a dict (binary values stay bytes)."""
+    return {key: value for key, value in (context.invocation_metadata() or ())}

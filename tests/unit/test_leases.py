@@ -1,0 +1,73 @@
+import pytest
+
+from chief.leases import DuplicateWorker, Leases
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def test_heartbeats_keep_a_lease_alive(clock):
+    leases = Leases(lease_seconds=10, presence_seconds=3, clock=clock)
+    leases.register("worker-1", "a")
+    for _ in range(20):
+        clock.now += 2
+        assert leases.beat("worker-1", "a")
+        assert leases.expired() == []
+
+
+def test_silence_expires_the_lease_once(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.register("worker-1", "a")
+    leases.register("worker-2", "b")
+    clock.now += 9.9
+    leases.beat("worker-2", "b")
+    assert leases.expired() == []
+    clock.now += 0.1
+    assert leases.expired() == ["worker-1"]
+    assert leases.expired() == []  # forgotten: reported once
+    assert not leases.beat("worker-1", "a")  # must register again
+
+
+def test_duplicate_live_instance_is_refused(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.register("worker-1", "a", info="host-a pid 1")
+    clock.now += 1
+    with pytest.raises(DuplicateWorker, match="'worker-1' is already used by a live worker \\(host-a pid 1\\)"):
+        leases.register("worker-1", "b")
+    assert leases.holds("worker-1", "a") and not leases.holds("worker-1", "b")
+
+
+def test_restarted_worker_claims_its_id_after_presence_timeout(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.register("worker-1", "old")
+    clock.now += 3.5  # old process silent: gone, but its lease (10 s) is still live
+    leases.register("worker-1", "new")
+    assert leases.holds("worker-1", "new") and not leases.beat("worker-1", "old")
+    assert leases.expired() == []
+
+
+def test_granted_leases_are_claimed_by_first_instance(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.grant("worker-3")
+    assert leases.holds("worker-3", None)
+    assert leases.beat("worker-3", "x")  # first heartbeat after a chief restart claims it
+    clock.now += 1
+    with pytest.raises(DuplicateWorker):
+        leases.register("worker-3", "y")
+
+
+def test_granted_lease_expires_if_nobody_returns(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.grant("worker-3")
+    clock.now += 10
+    assert leases.expired() == ["worker-3"]
