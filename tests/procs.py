@@ -48,8 +48,10 @@ class Proc:
         return self.popen.wait(timeout=timeout)
 
     def output(self) -> str:
-        self._log.flush()
-        return open(self.log_path).read()
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
 
     def stop(self, timeout: float = 10) -> None:
         if self.popen.poll() is None:

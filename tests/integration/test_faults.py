@@ -1,0 +1,213 @@
+"""Every row of the field notes' "What broke" table, with real processes over real gRPC.
+
+Each test asserts the exact trial accounting: every trial recorded once, none lost.
+"""
+
+import csv
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.procs import cluster_env, free_port, processes, python, wait_until
+
+FIXTURES = dict(KTC_DATASET="tests.fixtures.models:tiny_data", KTC_MODEL="tests.fixtures.models:build_model",
+                KTC_LEASE_SECONDS=6, KTC_HEARTBEAT_SECONDS=1, KTC_STOP_GRACE_SECONDS=5,
+                KTC_CHIEF_TIMEOUT_SECONDS=60, KTC_SEED=5, KTC_EPOCHS=1)
+
+
+def _env(tmp_path, **overrides):
+    return cluster_env(tmp_path, free_port(), **{**FIXTURES, **overrides})
+
+
+def _worker_env(env, worker_id):
+    return {**env, "KERASTUNER_TUNER_ID": worker_id}
+
+
+def journal(tmp_path, project="itest"):
+    path = tmp_path / "state" / project / "ktcluster-runs.jsonl"
+    return [json.loads(line) for line in open(path)]
+
+
+def rows(tmp_path, project="itest"):
+    return list(csv.DictReader(open(tmp_path / "results" / project / "trials.csv")))
+
+
+def assert_exactly_once(tmp_path, max_trials):
+    """Every trial id 0..n-1 has exactly one final result, COMPLETED."""
+    events = journal(tmp_path)
+    finals = [e for e in events if e["event"] == "end" and e["status"] != "RETRY"]
+    assert sorted(e["trial"] for e in finals) == sorted(str(i) for i in range(max_trials)), events
+    table = rows(tmp_path)
+    assert sorted(r["trial_id"] for r in table) == [str(i) for i in range(max_trials)]
+    assert {r["status"] for r in table} == {"COMPLETED"}, table
+    return events, table
+
+
+def started_trial(chief, worker):
+    """The trial id most recently handed to `worker`, from the chief's log."""
+    for line in reversed(chief.output().splitlines()):
+        if f" -> {worker} (attempt" in line:
+            return line.split("trial ", 1)[1].split(" ", 1)[0]
+    return None
+
+
+def test_worker_killed_mid_trial_is_rerun_elsewhere_and_nothing_hangs(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=4, KTC_TEST_SLEEP=0.4, KTC_EPOCHS=2)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        victim = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        survivor = start("w2", python("worker"), _worker_env(env, "worker-2"), tmp_path)
+        trial = wait_until(lambda: started_trial(chief, "worker-1"), 120, what="worker-1 to start a trial")
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert chief.wait(timeout=180) == 0, chief.output()[-3000:]
+        recovered = time.monotonic() - killed_at
+        assert survivor.wait(timeout=30) == 0
+    events, table = assert_exactly_once(tmp_path, 4)
+    by_id = {r["trial_id"]: r for r in table}
+    assert by_id[trial]["worker"] == "worker-2" and by_id[trial]["attempts"] == "2"
+    assert f"trial {trial}: LeaseExpired: worker-1 silent for over 6s; re-queued" in chief.output()
+    assert recovered < 120
+    (tmp_path / "recovery.txt").write_text(f"{recovered:.1f}")
+
+
+def test_chief_killed_and_restarted_keeps_and_never_reruns(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=6, KTC_TEST_SLEEP=0.3, KTC_EPOCHS=2)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        workers = [start(f"w{n}", python("worker"), _worker_env(env, f"worker-{n}"), tmp_path) for n in (1, 2)]
+        wait_until(lambda: chief.output().count(" COMPLETED by ") >= 2, 180, what="two completed trials")
+        os.kill(chief.pid, signal.SIGKILL)
+        chief.wait(timeout=10)
+        done_before = {e["trial"] for e in journal(tmp_path) if e["event"] == "end"}
+        time.sleep(2)  # an outage the workers must ride out
+        again = start("chief-again", python("chief"), env, tmp_path)
+        assert again.wait(timeout=240) == 0, again.output()[-3000:]
+        assert [w.wait(timeout=30) for w in workers] == [0, 0]
+    events, table = assert_exactly_once(tmp_path, 6)
+    starts = [e["trial"] for e in events if e["event"] == "start"]
+    assert len(starts) == len(set(starts)), f"a trial ran twice: {starts}"  # nothing re-run
+    assert done_before and all(t in {r["trial_id"] for r in table} for t in done_before)
+    assert "resumed project itest" in again.output()
+
+
+def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=2)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        worker = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        assert chief.wait(timeout=120) == 0 and worker.wait(timeout=30) == 0
+        before = journal(tmp_path)
+        again = start("chief-again", python("chief"), env, tmp_path)
+        assert again.wait(timeout=60) == 0
+        late = start("late-worker", python("worker"), _worker_env(env, "worker-9"), tmp_path)
+        assert late.wait(timeout=60) == 0
+    assert journal(tmp_path) == before
+    assert "is already finished: reporting its results" in again.output()
+    assert "search finished: 2 completed, 0 failed of 2" in again.output()
+    assert "already finished; nothing to do" in late.output()
+    assert_exactly_once(tmp_path, 2)
+
+
+def test_duplicate_live_worker_id_is_refused(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=2, KTC_TEST_SLEEP=0.5, KTC_EPOCHS=3)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        first = start("first", python("worker"), _worker_env(env, "twin"), tmp_path)
+        wait_until(lambda: started_trial(chief, "twin"), 120, what="the first twin to start a trial")
+        second = start("second", python("worker"), _worker_env(env, "twin"), tmp_path)
+        assert second.wait(timeout=90) == 2
+        assert chief.wait(timeout=120) == 0 and first.wait(timeout=30) == 0
+    assert "KERASTUNER_TUNER_ID=twin: worker id 'twin' is already used by a live worker" in second.output()
+    _, table = assert_exactly_once(tmp_path, 2)
+    assert {r["worker"] for r in table} == {"twin"} and {r["attempts"] for r in table} == {"1"}
+
+
+def test_chief_worker_id_is_refused_at_once(tmp_path):
+    env = _env(tmp_path)
+    with processes() as start:
+        worker = start("w", python("worker"), _worker_env(env, "my-chief"), tmp_path)
+        assert worker.wait(timeout=30) == 2
+    assert "KERASTUNER_TUNER_ID='my-chief' is not valid: a worker id must not contain 'chief'" in worker.output()
+
+
+def test_second_chief_on_the_same_port_fails_at_once(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=1)
+    with processes() as start:
+        first = start("chief", python("chief"), env, tmp_path)
+        wait_until(lambda: "oracle serving" in first.output(), 60, what="the first chief")
+        second = start("chief2", python("chief"), env, tmp_path)
+        assert second.wait(timeout=30) == 2
+        worker = start("w", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        assert first.wait(timeout=120) == 0 and worker.wait(timeout=30) == 0
+    assert "is already in use (another chief?)" in second.output()
+    assert_exactly_once(tmp_path, 1)
+
+
+def test_worker_started_long_before_the_chief_waits_for_it(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=2)
+    with processes() as start:
+        worker = start("w1", python("worker"), _worker_env(env, "early"), tmp_path)
+        time.sleep(8)
+        assert worker.popen.poll() is None
+        chief = start("chief", python("chief"), env, tmp_path)
+        assert chief.wait(timeout=120) == 0 and worker.wait(timeout=30) == 0
+    _, table = assert_exactly_once(tmp_path, 2)
+    assert {r["worker"] for r in table} == {"early"}
+
+
+def test_worker_without_a_chief_gives_up_with_a_clear_message(tmp_path):
+    env = _env(tmp_path, KTC_CHIEF_TIMEOUT_SECONDS=3)
+    with processes() as start:
+        worker = start("w1", python("worker"), _worker_env(env, "lonely"), tmp_path)
+        assert worker.wait(timeout=60) == 1
+    assert "unreachable for 3s (KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started" in worker.output()
+
+
+def test_failing_trials_are_retried_then_failed_with_their_message(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=6, KTC_MODEL="tests.fixtures.models:build_flaky", KTC_MAX_RETRIES=1,
+               KTC_MAX_CONSECUTIVE_FAILURES=10, KTC_SEED=1)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        workers = [start(f"w{n}", python("worker"), _worker_env(env, f"worker-{n}"), tmp_path) for n in (1, 2)]
+        assert chief.wait(timeout=180) == 0, chief.output()[-3000:]
+        assert [w.wait(timeout=30) for w in workers] == [0, 0]
+    table = rows(tmp_path)
+    assert len(table) == 6
+    failed = [r for r in table if r["status"] == "FAILED"]
+    assert failed and all(r["variant"] == "raise" for r in failed)
+    assert all(r["status"] == "COMPLETED" for r in table if r["variant"] == "ok")
+    assert all(r["attempts"] == "2" and r["message"] == "ValueError: bad combo: variant=raise" for r in failed)
+    assert "ValueError: bad combo: variant=raise" in chief.output()
+
+
+def test_too_many_failures_in_a_row_stop_the_search_clearly(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=10, KTC_MODEL="tests.fixtures.models:build_fails_in_fit",
+               KTC_MAX_RETRIES=0, KTC_MAX_CONSECUTIVE_FAILURES=2)
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        worker = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        assert chief.wait(timeout=120) == 1
+        assert worker.wait(timeout=30) == 0
+    assert "search stopped: 2 trials failed in a row (KTC_MAX_CONSECUTIVE_FAILURES); last error: " in chief.output()
+    assert "loss became NaN" in chief.output()
+    assert [r["status"] for r in rows(tmp_path)] == ["FAILED", "FAILED"]
+
+
+@pytest.mark.parametrize("setting,value,expected", [
+    ("KTC_MODEL", "no_such_module:build", "KTC_MODEL='no_such_module:build': could not import module"),
+    ("KTC_MODEL", "tests.fixtures.models:build_raises", "building the model failed: RuntimeError: this model cannot be built"),
+    ("KTC_DATASET", "tests.fixtures.models:nothing", "module 'tests.fixtures.models' has no attribute 'nothing'"),
+    ("KTC_OBJECTIVE", "val_f1", "KTC_OBJECTIVE='val_f1' is not valid"),
+])
+def test_bad_model_data_or_objective_exit_2_with_state_intact(tmp_path, setting, value, expected):
+    env = _env(tmp_path, **{setting: value})
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        assert chief.wait(timeout=60) == 2
+    lines = [line for line in chief.output().splitlines() if line.startswith("ktcluster chief:")]
+    assert len(lines) == 1 and expected in lines[0], chief.output()[-2000:]
+    assert not (tmp_path / "state" / "itest" / "oracle.json").exists()
