@@ -69,6 +69,7 @@ def run(settings) -> int:
         return _fail(2, f"KTC_MODEL={settings.model or '(guide model)'}: building the model failed: "
                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     oracle.save()
+    _write_hparams_config(settings, oracle, build_model, dataset)
 
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
         serve(server, coordinator)
@@ -92,6 +93,19 @@ def run(settings) -> int:
         return _fail(1, f"search stopped: {snap['fatal']}")
     coordinator.mark_finished(progress.summary_record(snap))
     return 0
+
+
+def _write_hparams_config(settings, oracle, build_model, dataset) -> None:
+    """TensorBoard's HParams experiment config from the declared space and the model's metrics."""
+    from shared import hparams
+
+    try:
+        metrics = hparams.reported_metrics(build_model(oracle.get_space()), dataset.x_val, dataset.y_val)
+    except Exception as exc:  # an exotic model: fall back to what the objective names
+        log.warning("could not list the model's metrics (%s); declaring loss and the objective only", exc)
+        metrics = ["loss", oracle.objective.name.removeprefix("val_")]
+    path = hparams.write_experiment_config(settings.project_log_dir, oracle.get_space(), metrics, oracle.objective)
+    log.info("HParams config: %d hyperparameters, metrics %s (%s)", len(oracle.get_space().space), metrics, path)
 
 
 def _reap(coordinator, interval: float) -> None:

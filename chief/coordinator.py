@@ -64,6 +64,8 @@ class RunJournal:
             run["attempts"] += 1
         else:
             run.update(seconds=event.get("seconds"), status=event["status"])
+            if event.get("used") is not None:
+                run["used"] = event["used"]
             if event.get("message"):
                 run["message"] = event["message"]
 
@@ -257,7 +259,7 @@ class Coordinator:
                 return oracle.trials[trial_id]
             return oracle.update_trial(trial_id, metrics, step=step)
 
-    def end_trial(self, trial, worker=None, instance=None, message: str = "") -> bool:
+    def end_trial(self, trial, worker=None, instance=None, message: str = "", used=None) -> bool:
         """Record a finished attempt exactly once; False if the report was ignored."""
         with self._locked() as oracle:
             if worker:
@@ -267,13 +269,13 @@ class Coordinator:
             owner = self._owner_of(trial.trial_id)
             if message:
                 trial.message = message
-            self._end(trial, owner, message)
+            self._end(trial, owner, message, used)
             self._check_finished()
         self._notify()
         self._on_event(self)
         return True
 
-    def _end(self, trial, worker, message):
+    def _end(self, trial, worker, message, used=None):
         """oracle.end_trial + journal; a 'too many failures in a row' error stops the search."""
         oracle = self.oracle
         try:
@@ -292,7 +294,7 @@ class Coordinator:
         seconds = time.time() - run["started"] if run.get("started") else None
         status = "RETRY" if trial.trial_id in oracle._retry_queue else ended.status
         self.journal.record(event="end", trial=trial.trial_id, status=status, seconds=seconds,
-                            message=short_message(message))
+                            message=short_message(message), used=used)
         detail = f"{oracle.objective.name}={ended.score}" if ended.status == "COMPLETED" else short_message(message)
         log.info("trial %s %s by %s: %s", trial.trial_id, status, worker, detail)
 

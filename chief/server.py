@@ -9,6 +9,7 @@ blocking wait on an event instead of sleep-polling.
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent import futures
 
@@ -47,10 +48,16 @@ def _guarded(method):
     return wrapper
 
 
-def _caller(context) -> tuple[str | None, str | None, str]:
+def _caller(context) -> tuple[str | None, str | None]:
     meta = rpc.metadata(context)
-    message = meta.get(rpc.MESSAGE_KEY, b"")
-    return meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY), message.decode("utf-8", "replace")
+    return meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY)
+
+
+def _report(context) -> tuple[str, list[str] | None]:
+    """A finished attempt's message and used hyperparameters (absent from stock workers)."""
+    meta = rpc.metadata(context)
+    used = meta.get(rpc.USED_KEY)
+    return meta.get(rpc.MESSAGE_KEY, b"").decode("utf-8", "replace"), json.loads(used) if used else None
 
 
 class OracleServicer(service_grpc.OracleServicer):
@@ -70,22 +77,23 @@ class OracleServicer(service_grpc.OracleServicer):
 
     @_guarded
     def CreateTrial(self, request, context):
-        _, instance, _ = _caller(context)
+        _, instance = _caller(context)
         trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
         return service.CreateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def UpdateTrial(self, request, context):
-        worker, instance, _ = _caller(context)
+        worker, instance = _caller(context)
         trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step,
                                               worker=worker, instance=instance)
         return service.UpdateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def EndTrial(self, request, context):
-        worker, instance, message = _caller(context)
-        self.coordinator.end_trial(trial_module.Trial.from_proto(request.trial), worker, instance, message)
+        worker, instance = _caller(context)
+        message, used = _report(context)
+        self.coordinator.end_trial(trial_module.Trial.from_proto(request.trial), worker, instance, message, used)
         return service.EndTrialResponse()
 
     @_guarded

@@ -24,7 +24,8 @@ def _cell(value):
 
 
 def trials_rows(trials, runs, hp_names):
-    """One dict per trial, in trial-id order. `runs[trial_id]` has 'worker' and 'seconds'."""
+    """One dict per trial, in trial-id order. `runs[trial_id]` has 'worker', 'seconds', 'attempts',
+    'message' and 'used' (the hyperparameters the model was built with: only those get a value)."""
     rows = []
     for trial in sorted(trials, key=lambda t: t.trial_id):
         run = runs.get(trial.trial_id, {})
@@ -36,7 +37,8 @@ def trials_rows(trials, runs, hp_names):
             "seconds": None if run.get("seconds") is None else round(run["seconds"], 3),
         }
         values = trial.hyperparameters.values
-        row.update({name: values.get(name) for name in hp_names})
+        used = run.get("used")  # None: unknown (e.g. a stock worker): show every sampled value
+        row.update({name: values.get(name) if used is None or name in used else None for name in hp_names})
         row.update(attempts=run.get("attempts"), message=run.get("message") or None)
         rows.append(row)
     return rows

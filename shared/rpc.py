@@ -19,6 +19,7 @@ METHODS = ("Register", "Heartbeat")
 WORKER_KEY = "ktc-worker"  # tuner id
 INSTANCE_KEY = "ktc-instance"  # one per worker process: tells a restarted worker from a duplicate
 MESSAGE_KEY = "ktc-message-bin"  # a failed trial's message, UTF-8 (binary metadata)
+USED_KEY = "ktc-used"  # EndTrial: JSON list of the hyperparameters the model was built with
 ATTEMPT_KEY = "ktc-attempt"  # trailing metadata of CreateTrial: attempt number of the trial
 
 

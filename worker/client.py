@@ -13,6 +13,7 @@ when told IDLE and never says who it is. This client:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -54,6 +55,7 @@ class OracleClient(oracle_client.OracleClient):
         self.instance = uuid.uuid4().hex
         self.multi_worker, self.should_report = False, True
         self.attempts: dict[str, int] = {}
+        self.used: dict[str, list[str]] = {}  # trial id -> hyperparameters its model was built with
         self._idle_pause = IDLE_BACKOFF[0]
         self._stopping = threading.Event()
         self._heartbeats: threading.Thread | None = None
@@ -151,8 +153,10 @@ class OracleClient(oracle_client.OracleClient):
 
     def end_trial(self, trial):
         message = (trial.message or "").encode("utf-8")[-16000:]
-        self._call(self.stub.EndTrial, service.EndTrialRequest(trial=trial.to_proto()),
-                   metadata=((rpc.MESSAGE_KEY, message),) if message else ())
+        metadata = ((rpc.USED_KEY, json.dumps(self.used.pop(trial.trial_id, []))),)
+        if message:
+            metadata += ((rpc.MESSAGE_KEY, message),)
+        self._call(self.stub.EndTrial, service.EndTrialRequest(trial=trial.to_proto()), metadata=metadata)
 
     def get_trial(self, trial_id):
         response, _ = self._call(self.stub.GetTrial, service.GetTrialRequest(trial_id=trial_id))

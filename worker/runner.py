@@ -43,6 +43,13 @@ class ClusterTuner(kt.Tuner):
                                    settings.chief_timeout_seconds)
         self.settings, self.device = settings, device
         self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
+        self._used: set[str] = set()  # hyperparameters the current trial's build asked for
+
+    def _build_hypermodel(self, hp):
+        with tuning.recording_used(hp) as used:
+            model = super()._build_hypermodel(hp)
+        self._used |= used  # in place: this trial's recorders hold this very set
+        return model
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         """Point TensorBoard at this attempt's own run and add ktcluster's HParams record."""
@@ -51,11 +58,12 @@ class ClusterTuner(kt.Tuner):
             if isinstance(callback, keras.callbacks.TensorBoard):
                 log_dir = attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
                 callback.log_dir = log_dir
-                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device)
+                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device, self._used)
                 self._recorders.setdefault(trial.trial_id, []).append(recorder)
                 callbacks.append(recorder)
 
     def on_trial_begin(self, trial):
+        self._used = set()
         log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
                  self.oracle.attempts.get(trial.trial_id, 1), trial.hyperparameters.values)
         super().on_trial_begin(trial)
@@ -63,7 +71,9 @@ class ClusterTuner(kt.Tuner):
     def on_trial_end(self, trial):
         failed = trial.status != kt.engine.trial.TrialStatus.COMPLETED
         for recorder in self._recorders.pop(trial.trial_id, []):
-            recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS)
+            recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
+                         trial.message if failed else "")
+        self.oracle.used[trial.trial_id] = sorted(self._used)
         if failed:
             last = (trial.message or "").strip().splitlines()[-1:] or ["no message"]
             log.warning("%s: trial %s failed: %s", self.tuner_id, trial.trial_id, last[0])
