@@ -1,0 +1,35 @@
+# One image for the chief, the workers and TensorBoard.
+#   BASE_IMAGE  any Debian/Ubuntu image with python3 (>= 3.10) and venv. The public default works
+#               with GPUs too: the TensorFlow GPU wheel brings its own CUDA libraries.
+#   TENSORFLOW  the TensorFlow package: the GPU build by default, tensorflow-cpu==2.21.0 for a
+#               small CPU-only image (CI).
+#   certs/      extra CA certificates (*.crt) trusted during the build and at run time.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG TENSORFLOW=tensorflow[and-cuda]==2.21.0
+
+ENV LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH
+
+COPY certs/ /usr/local/share/ca-certificates/ktcluster/
+RUN (command -v update-ca-certificates >/dev/null && update-ca-certificates >/dev/null || true) \
+ && python3 -m venv /opt/venv
+
+# Dependencies first: a code change does not reinstall them.
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt "${TENSORFLOW}" && rm /tmp/requirements.txt
+
+WORKDIR /app
+COPY shared/ /app/shared/
+COPY chief/ /app/chief/
+COPY worker/ /app/worker/
+COPY examples/ /app/examples/
+ENV PYTHONPATH=/app \
+    TF_CPP_MIN_LOG_LEVEL=1
+CMD ["python", "-m", "chief"]
