@@ -32,6 +32,7 @@ log = logging.getLogger("ktcluster.chief")
 RUNNING = trial_module.TrialStatus.RUNNING
 STOPPED = trial_module.TrialStatus.STOPPED
 INVALID = trial_module.TrialStatus.INVALID
+FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 JOURNAL = "ktcluster-runs.jsonl"
 FINISHED_MARKER = "ktcluster-finished.json"
 
@@ -109,18 +110,21 @@ def load_project(oracle) -> dict[str, str]:
     with open(path) as f:
         saved = json.load(f)
     oracle.reload()
-    oracle._retry_queue = list(saved.get("retry_queue", []))
+    queued = list(saved.get("retry_queue", []))
+    oracle._retry_queue = queued
     restored = {}
     for worker, trial_id in saved.get("ongoing_trials", {}).items():
         trial = oracle.trials.get(trial_id)
-        if trial is None:
+        if trial is None or trial_id in queued:  # queued: its end was saved, it waits for a worker
             continue
-        if trial.status == RUNNING:
-            oracle.ongoing_trials[worker] = trial
-            oracle.tuner_ids.add(worker)
-            restored[worker] = trial_id
-        elif trial_id not in oracle.end_order:  # ended, but the crash beat the state save
-            oracle.end_order.append(trial_id)
+        if trial.status in FINAL:  # ended, and the crash came before it was un-listed
+            if trial_id not in oracle.end_order:
+                oracle.end_order.append(trial_id)
+            continue
+        trial.status = RUNNING  # RUNNING, or INVALID when it was handed out again as a retry
+        oracle.ongoing_trials[worker] = trial
+        oracle.tuner_ids.add(worker)
+        restored[worker] = trial_id
     return restored
 
 
@@ -220,6 +224,7 @@ class Coordinator:
             resumed = worker in oracle.ongoing_trials
             trial = oracle.create_trial(worker)
             if trial.status == RUNNING and not resumed:
+                oracle._save_trial(trial)  # stock skips this for retries: trial.json would say INVALID
                 self.journal.record(event="start", trial=trial.trial_id, worker=worker)
                 log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
                          self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)

@@ -65,7 +65,7 @@ def explore_space(build_model, hyperparameters=None):
     import keras_tuner as kt
 
     space = hyperparameters.copy() if hyperparameters is not None else kt.HyperParameters()
-    space.values = {}
+    space.values = {hp.name: hp.default for hp in space.space}  # a resumed project's space is known
     build_model(space)  # the defaults must build: raise if they do not
     explored, frontier, builds = [], [dict(space.values)], 0
     while frontier and builds < MAX_EXPLORE_BUILDS:

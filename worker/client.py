@@ -22,6 +22,7 @@ import time
 import uuid
 
 import grpc
+from keras_tuner.src import errors as kt_errors
 from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.engine import hyperparameters as hp_module
@@ -35,11 +36,11 @@ IDLE_BACKOFF = (0.5, 5.0)  # first and largest pause between IDLE answers, secon
 RETRY_BACKOFF = (0.5, 5.0)  # likewise between attempts to reach a chief that is down
 
 
-class ChiefUnreachable(RuntimeError):
-    pass
+class ChiefUnreachable(kt_errors.FatalError):
+    """Fatal: KerasTuner must not turn it into a failed trial; the worker exits."""
 
 
-class DuplicateWorkerId(RuntimeError):
+class DuplicateWorkerId(kt_errors.FatalError):
     pass
 
 

@@ -51,6 +51,9 @@ class Stack:
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
+    def docker(self, *args, timeout=120) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True)
+
     def ensure_image(self) -> None:
         """Build only when no image has this input hash yet."""
         image = f"ktcluster:{self.env['KTC_IMAGE_TAG']}"

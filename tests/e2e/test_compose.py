@@ -36,7 +36,7 @@ def stack(tmp_path_factory):
         codes = stack.wait_exited({"chief", "worker"}, timeout=600)
         yield {"stack": stack, "codes": codes, "results": tmp / "results" / "e2e", "tb": f"http://127.0.0.1:{tb_port}"}
     finally:
-        print(stack.logs()[-6000:])
+        print(stack.logs("chief")[-8000:])
         stack.close()
 
 

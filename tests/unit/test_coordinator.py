@@ -1,0 +1,183 @@
+"""The coordinator over a real KerasTuner oracle, with a fake clock: leases, exact-once, restarts."""
+
+import json
+import os
+
+import keras_tuner as kt
+import pytest
+
+from chief.coordinator import Coordinator, FINISHED_MARKER
+from chief.leases import DuplicateWorker
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def make_oracle(tmp_path, max_trials=3, retries=1):
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"), max_trials=max_trials, seed=1,
+                                           max_retries_per_trial=retries, max_consecutive_failed_trials=3)
+    oracle._set_project_dir(str(tmp_path), "proj")
+    oracle.verbose = 0
+    hp = oracle.get_space()
+    hp.Int("x", 0, 100)
+    oracle.update_space(hp)
+    return oracle
+
+
+def coordinator(tmp_path, clock, **kw):
+    return Coordinator(make_oracle(tmp_path, **kw), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+
+
+def finish(c, trial, worker, score=1.0):
+    c.update_trial(trial.trial_id, {"score": score}, worker=worker)
+    trial.status = "COMPLETED"
+    return c.end_trial(trial, worker)
+
+
+def journal(tmp_path):
+    return [json.loads(line) for line in open(tmp_path / "proj" / "ktcluster-runs.jsonl")]
+
+
+def test_happy_path_finishes_and_counts_attempts(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    for n in range(3):
+        c.register("w1", "i1")
+        trial, attempt = c.create_trial("w1", "i1")
+        assert (trial.trial_id, attempt) == (str(n), 1)
+        assert finish(c, trial, "w1")
+    trial, _ = c.create_trial("w1", "i1")
+    assert trial.status == "STOPPED" and c.finished.is_set()
+
+
+def test_silent_worker_loses_its_trial_and_its_late_report_is_ignored(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "i1")
+    c.register("w2", "i2")
+    lost, _ = c.create_trial("w1", "i1")
+    clock.now = 5
+    c.heartbeat("w2", "i2")
+    clock.now = 10.5
+    assert c.expire_leases() == [lost.trial_id]
+    c.heartbeat("w2", "i2")
+    again, attempt = c.create_trial("w2", "i2")
+    assert (again.trial_id, attempt) == (lost.trial_id, 2)
+    c.register("w1", "i1-restarted")  # w1 comes back after the lease: new work, late report ignored
+    late = kt.engine.trial.Trial(again.hyperparameters, trial_id=lost.trial_id, status="COMPLETED")
+    assert not c.end_trial(late, "w1", "i1-restarted")
+    assert finish(c, again, "w2", score=0.5)
+    ends = [e for e in journal(tmp_path) if e["event"] == "end"]
+    assert [(e["trial"], e["status"]) for e in ends] == [(lost.trial_id, "RETRY"), (lost.trial_id, "COMPLETED")]
+
+
+def test_worker_back_within_its_lease_resumes_its_trial(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "old")
+    trial, _ = c.create_trial("w1", "old")
+    clock.now = 4  # old process gone (silent > 3 heartbeats), lease (10 s) still live
+    c.register("w1", "new")
+    resumed, attempt = c.create_trial("w1", "new")
+    assert (resumed.trial_id, attempt) == (trial.trial_id, 1)
+
+
+def test_duplicate_live_worker_is_refused(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "a")
+    with pytest.raises(DuplicateWorker):
+        c.register("w1", "b")
+    with pytest.raises(DuplicateWorker):
+        c.create_trial("w1", "b")
+
+
+def test_out_of_retries_fails_for_good_with_message(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=1, retries=0)
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    trial.status = "INVALID"
+    assert c.end_trial(trial, "w1", "i1", message="Traceback...\nValueError: bad combo\n")
+    assert c.oracle.trials[trial.trial_id].status == "FAILED"
+    assert c.journal.runs[trial.trial_id]["message"] == "ValueError: bad combo"
+    assert c.finished.is_set()
+
+
+def test_oracle_exception_does_not_leave_it_locked(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    with pytest.raises(ValueError):  # objective missing: raised inside the oracle's @synchronized method
+        c.update_trial(trial.trial_id, {"not_the_score": 1.0}, worker="w1")
+    assert finish(c, trial, "w1")  # would block for ever if the oracle's lock were still held
+
+
+def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=4)
+    for w in ("w1", "w2", "w3"):
+        c.register(w, w)
+    done, _ = c.create_trial("w1", "w1")
+    running, _ = c.create_trial("w2", "w2")
+    retried, _ = c.create_trial("w3", "w3")
+    finish(c, done, "w1")
+    clock.now = 5
+    c.heartbeat("w2", "w2")
+    c.heartbeat("w1", "w1")
+    clock.now = 11
+    c.expire_leases()  # w3's trial re-queued ...
+    again, attempt = c.create_trial("w1", "w1")  # ... and handed to w1 as attempt 2
+    assert (again.trial_id, attempt) == (retried.trial_id, 2)
+    # Simulate the stock trap: end_trial saves oracle.json while the finished trial is still listed.
+    state = json.load(open(tmp_path / "proj" / "oracle.json"))
+    state["ongoing_trials"]["w9"] = done.trial_id
+    open(tmp_path / "proj" / "oracle.json", "w").write(json.dumps(state))
+    c.close()
+
+    restarted = Coordinator(make_oracle(tmp_path, max_trials=4), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    assert {w: t.trial_id for w, t in restarted.oracle.ongoing_trials.items()} == {
+        "w2": running.trial_id, "w1": retried.trial_id}
+    assert restarted.oracle._retry_queue == []
+    assert restarted.end_trial(_completed(restarted, running), "w2", "w2-new")  # live worker reports: kept
+    assert restarted.end_trial(_completed(restarted, again), "w1", "w1")
+    last, _ = restarted.create_trial("w1", "w1")
+    assert last.trial_id not in {done.trial_id, running.trial_id, retried.trial_id}
+    finish(restarted, last, "w1")
+    assert restarted.finished.is_set()
+    finals = [e["trial"] for e in journal(tmp_path) if e["event"] == "end" and e["status"] != "RETRY"]
+    assert sorted(finals) == sorted({done.trial_id, running.trial_id, retried.trial_id, last.trial_id})
+
+
+def test_restart_on_finished_project_is_finished_at_once(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=1)
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    finish(c, trial, "w1")
+    c.mark_finished({"completed": 1})
+    c.close()
+    restarted = Coordinator(make_oracle(tmp_path, max_trials=1), 10, 1, clock=clock)
+    assert restarted.finished.is_set() and not restarted.oracle.ongoing_trials and not restarted.oracle._retry_queue
+    assert os.path.exists(tmp_path / "proj" / FINISHED_MARKER)
+
+
+def test_state_files_are_written_atomically(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "i1")
+    c.create_trial("w1", "i1")
+    leftovers = [p for p in os.listdir(tmp_path / "proj") if p.startswith(".tmp-")]
+    assert leftovers == [] and json.load(open(tmp_path / "proj" / "oracle.json"))["ongoing_trials"]
+
+
+def _completed(c, trial):
+    c.update_trial(trial.trial_id, {"score": 0.7})
+    copy = kt.engine.trial.Trial(trial.hyperparameters, trial_id=trial.trial_id, status="COMPLETED")
+    return copy
