@@ -7,6 +7,8 @@ dataset could not be downloaded), 2 bad setting (one line naming it).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import threading
 
@@ -28,6 +30,52 @@ def health(settings) -> int:
     return 0 if wait_ready(address, timeout=3) else 1
 
 
+def status(settings) -> int:
+    from chief import status as status_module
+
+    snap = status_module.snapshot(settings)
+    if snap is None:
+        return _fail(1, f"no search state for project {settings.project!r} in {settings.state_dir}")
+    print(status_module.render(snap))
+    return 0
+
+
+class _Exit(Exception):
+    """Stop start-up with an exit code and a one-line message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _prepare(settings):
+    """Dataset, model and oracle, each checked before any state is written."""
+    from shared import data, hypermodels, tuning
+    from shared.data import DataError
+    from shared.loader import ImportFromStringError
+
+    try:
+        data.prepare(settings.dataset, settings.data_dir)
+        dataset = data.load(settings.dataset, settings.data_dir)
+        build_model = hypermodels.resolve(settings.model, dataset)
+        oracle = tuning.make_oracle(settings)
+    except (ConfigError, ImportFromStringError) as exc:
+        raise _Exit(2, str(exc)) from None
+    except DataError as exc:
+        raise _Exit(1, str(exc)) from None
+    try:
+        space = tuning.explore_space(build_model)
+    except Exception as exc:
+        raise _Exit(2, f"KTC_MODEL={settings.model or '(guide model)'}: building the model failed: "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+    metrics = _model_metrics(space, build_model, dataset)
+    reported = metrics + [f"val_{m}" for m in metrics] if metrics else None
+    if reported and oracle.objective.name not in reported:
+        raise _Exit(2, f"KTC_OBJECTIVE={oracle.objective.name}: the model does not report it; "
+                       f"it reports {', '.join(reported)}")
+    return dataset, build_model, oracle, space, metrics
+
+
 def run(settings) -> int:
     from shared.devices import hide_gpus
 
@@ -40,22 +88,14 @@ def run(settings) -> int:
     except PortInUse:
         return _fail(2, f"KERASTUNER_ORACLE_PORT={settings.oracle_port}: {settings.oracle_address} is already "
                         "in use (another chief?); only one chief may serve a port")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        dataset, build_model, oracle, space, metrics = _prepare(settings)
+    except _Exit as exc:
+        return _fail(exc.code, str(exc))
 
     from chief.coordinator import Coordinator
     from chief.server import serve
-    from shared import data, hypermodels, tuning
-    from shared.data import DataError
-    from shared.loader import ImportFromStringError
-
-    try:
-        data.prepare(settings.dataset, settings.data_dir)
-        dataset = data.load(settings.dataset, settings.data_dir)
-        build_model = hypermodels.resolve(settings.model, dataset)
-        oracle = tuning.make_oracle(settings)
-    except (ConfigError, ImportFromStringError) as exc:
-        return _fail(2, str(exc))
-    except DataError as exc:
-        return _fail(1, str(exc))
 
     oracle._set_project_dir(settings.state_dir, settings.project)
     oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
@@ -63,13 +103,9 @@ def run(settings) -> int:
                               on_event=progress.log_progress)
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
-    try:
-        tuning.declare_space(oracle, build_model)
-    except Exception as exc:
-        return _fail(2, f"KTC_MODEL={settings.model or '(guide model)'}: building the model failed: "
-                        f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
     oracle.save()
-    _write_hparams_config(settings, oracle, build_model, dataset)
+    _write_hparams_config(settings, oracle, metrics)
 
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
         serve(server, coordinator)
@@ -89,23 +125,57 @@ def run(settings) -> int:
     snap = coordinator.snapshot()
     coordinator.close()
     log.info(progress.final_report(snap, settings.project_results_dir))
+    if snap["best"] is not None:
+        _save_best_model(snap["best"], oracle, build_model, settings.project_results_dir)
     if snap["fatal"]:
         return _fail(1, f"search stopped: {snap['fatal']}")
     coordinator.mark_finished(progress.summary_record(snap))
     return 0
 
 
-def _write_hparams_config(settings, oracle, build_model, dataset) -> None:
-    """TensorBoard's HParams experiment config from the declared space and the model's metrics."""
+def _model_metrics(space, build_model, dataset) -> list[str] | None:
+    """The metric names Keras will report for this model (None if a dry run is not possible)."""
     from shared import hparams
 
     try:
-        metrics = hparams.reported_metrics(build_model(oracle.get_space()), dataset.x_val, dataset.y_val)
-    except Exception as exc:  # an exotic model: fall back to what the objective names
-        log.warning("could not list the model's metrics (%s); declaring loss and the objective only", exc)
-        metrics = ["loss", oracle.objective.name.removeprefix("val_")]
+        return hparams.reported_metrics(build_model(space.copy()), dataset.x_val, dataset.y_val)
+    except Exception as exc:  # an exotic model: trials will tell
+        log.warning("could not dry-run the model to list its metrics (%s)", exc)
+        return None
+
+
+def _write_hparams_config(settings, oracle, metrics) -> None:
+    """TensorBoard's HParams experiment config from the declared space and the model's metrics."""
+    from shared import hparams
+
+    metrics = metrics or ["loss", oracle.objective.name.removeprefix("val_")]
     path = hparams.write_experiment_config(settings.project_log_dir, oracle.get_space(), metrics, oracle.objective)
     log.info("HParams config: %d hyperparameters, metrics %s (%s)", len(oracle.get_space().space), metrics, path)
+
+
+def _save_best_model(best, oracle, build_model, results_dir) -> None:
+    """The best trial's checkpoint as a standard `.keras` file (load with keras.models.load_model)."""
+    import json
+
+    trial_dir = oracle._get_trial_dir(best.trial_id)
+    checkpoint = os.path.join(trial_dir, "checkpoint.weights.h5")
+    if not os.path.exists(checkpoint):
+        log.warning("best trial %s has no checkpoint (%s): best_model.keras not written", best.trial_id, checkpoint)
+        return
+    model = build_model(best.hyperparameters.copy())
+    build_config = os.path.join(trial_dir, "build_config.json")
+    if not model.built and os.path.exists(build_config):
+        model.build_from_config(json.load(open(build_config)))
+    model.load_weights(checkpoint)
+    path = os.path.join(results_dir, "best_model.keras")
+    model.save(path)
+    log.info("best model (trial %s) saved to %s", best.trial_id, path)
+
+
+def _on_sigterm(signum, frame):
+    """`docker compose stop/restart`: every acknowledged result is already on disk, so just go."""
+    log.warning("SIGTERM: stopping; results so far are saved, start the chief again to resume")
+    raise SystemExit(143)
 
 
 def _reap(coordinator, interval: float) -> None:
@@ -123,8 +193,11 @@ def main(argv=None) -> int:
         return _fail(2, str(exc))
     if argv == ["health"]:
         return health(settings)
+    if argv == ["status"]:
+        return status(settings)
     if argv:
-        return _fail(2, f"unknown command {' '.join(argv)!r}: use 'python -m chief' or 'python -m chief health'")
+        return _fail(2, f"unknown command {' '.join(argv)!r}: use 'python -m chief', 'python -m chief status' "
+                        "or 'python -m chief health'")
     return run(settings)
 
 

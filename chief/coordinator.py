@@ -24,6 +24,7 @@ import time
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief.journal import RunJournal
 from chief.leases import Leases
 from shared.atomic import write_text_atomic
 
@@ -33,7 +34,6 @@ RUNNING = trial_module.TrialStatus.RUNNING
 STOPPED = trial_module.TrialStatus.STOPPED
 INVALID = trial_module.TrialStatus.INVALID
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
-JOURNAL = "ktcluster-runs.jsonl"
 FINISHED_MARKER = "ktcluster-finished.json"
 
 
@@ -41,44 +41,6 @@ def short_message(message: str | None) -> str:
     """'ExceptionType: text' from a traceback (its last non-empty line), on one line."""
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
     return " ".join(lines[-1].split())[:500] if lines else ""
-
-
-class RunJournal:
-    """Append-only record of trial attempts: O(1) per event, fsync'd, replayed on start."""
-
-    def __init__(self, project_dir: str):
-        self.path = os.path.join(project_dir, JOURNAL)
-        self.runs: dict[str, dict] = {}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        self._apply(json.loads(line))
-                    except ValueError:  # a torn last line from a crash: ignore it
-                        continue
-        self._file = open(self.path, "a")
-
-    def _apply(self, event):
-        run = self.runs.setdefault(event["trial"], {"attempts": 0, "message": ""})
-        if event["event"] == "start":
-            run.update(worker=event["worker"], started=event["t"], seconds=None, status=RUNNING)
-            run["attempts"] += 1
-        else:
-            run.update(seconds=event.get("seconds"), status=event["status"])
-            if event.get("used") is not None:
-                run["used"] = event["used"]
-            if event.get("message"):
-                run["message"] = event["message"]
-
-    def record(self, **event):
-        event["t"] = time.time()
-        self._apply(event)
-        self._file.write(json.dumps(event) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self):
-        self._file.close()
 
 
 def harden(oracle) -> None:

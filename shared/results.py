@@ -15,7 +15,7 @@ FIXED_COLUMNS = ["trial_id", "worker", "status", "score", "seconds"]
 LAST_COLUMNS = ["attempts", "message"]  # after the hyperparameters
 
 
-def _cell(value):
+def cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
@@ -51,7 +51,7 @@ def write(results_dir: str, rows, hp_names, best) -> None:
     writer = csv.DictWriter(buffer, fieldnames=FIXED_COLUMNS + list(hp_names) + LAST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: _cell(value) for key, value in row.items()})
+        writer.writerow({key: cell(value) for key, value in row.items()})
     write_text_atomic(os.path.join(results_dir, "trials.csv"), buffer.getvalue())
     write_text_atomic(
         os.path.join(results_dir, "best_hyperparameters.json"), json.dumps(best, indent=2, sort_keys=True) + "\n"

@@ -96,11 +96,6 @@ def explore_space(build_model, hyperparameters=None):
     return space
 
 
-def declare_space(oracle, build_model) -> None:
-    """Register the model's whole search space with the oracle (chief, before serving)."""
-    oracle.update_space(explore_space(build_model, oracle.get_space()))
-
-
 @contextlib.contextmanager
 def recording_used(hyperparameters):
     """Collect the names of the hyperparameters a build actually asks for.

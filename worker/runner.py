@@ -47,9 +47,10 @@ class ClusterTuner(kt.Tuner):
 
     def _build_hypermodel(self, hp):
         with tuning.recording_used(hp) as used:
-            model = super()._build_hypermodel(hp)
-        self._used |= used  # in place: this trial's recorders hold this very set
-        return model
+            try:
+                return super()._build_hypermodel(hp)
+            finally:  # a build that raises still used what it asked for before raising
+                self._used |= used  # in place: this trial's recorders hold this very set
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         """Point TensorBoard at this attempt's own run and add ktcluster's HParams record."""

@@ -106,3 +106,61 @@ def test_bring_your_own_model_and_data(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "results" / "wine" / "trials.csv")))
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3 and {r["worker"] for r in rows} == {"box-a"}
     assert {"layers", "units_0", "dropout", "learning_rate"} <= set(rows[0])
+
+
+def test_status_command_reports_the_finished_cluster(cluster):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.procs import cluster_env as env_for
+
+    env = env_for(cluster["tmp"], free_port(), KTC_MAX_TRIALS=MAX_TRIALS)
+    code = "import sys; from chief.__main__ import main; rc = main(['status']); print('TF', 'tensorflow' in sys.modules); sys.exit(rc)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"progress: {MAX_TRIALS}/{MAX_TRIALS} done (0 failed), running [none], best val_accuracy ")
+    assert lines[2].split()[:5] == ["trial_id", "worker", "status", "score", "seconds"]
+    assert len([line for line in lines if " COMPLETED " in line]) == MAX_TRIALS
+    assert lines[-1] == "TF False"  # status needs no TensorFlow
+
+
+def test_best_model_is_saved_as_a_keras_file(cluster):
+    import keras
+
+    best = json.load(open(cluster["tmp"] / "results" / "itest" / "best_hyperparameters.json"))
+    model = keras.models.load_model(cluster["tmp"] / "results" / "itest" / "best_model.keras")
+    from shared import data
+
+    ds = data.load("digits", str(cluster["tmp"]))
+    accuracy = model.evaluate(ds.x_val, ds.y_val, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(best["score"], abs=1e-4)
+
+
+def test_hparams_config_declares_the_whole_space(cluster):
+    experiment = http_json(cluster["tb"] + "/data/plugin/hparams/experiment", {"experimentName": ""})
+    infos = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert set(infos) == {"model_type", "mlp_layers", "units_0", "units_1", "units_2", "dropout",
+                          "cnn_layers", "filters_0", "filters_1", "filters_2", "worker", "device"}
+    assert infos["units_2"]["domainDiscrete"] == [32, 64, 96, 128]  # discrete ints, not a float range
+    assert infos["mlp_layers"]["domainDiscrete"] == [1, 2, 3]
+    assert infos["dropout"]["domainDiscrete"] == [False, True]
+    assert sorted(infos["model_type"]["domainDiscrete"]) == ["cnn", "mlp"]
+    metrics = {(m["name"]["group"], m["name"]["tag"]): m for m in experiment["metricInfos"]}
+    assert metrics[("validation", "epoch_accuracy")]["description"] == "objective: maximize val_accuracy"
+    assert metrics[("validation", "epoch_accuracy")]["displayName"] == "validation accuracy"
+    assert ("train", "epoch_loss") in metrics
+
+
+def test_each_trial_shows_only_the_values_its_model_used(cluster):
+    groups = wait_until(lambda: _groups_if_all(cluster["tb"]), timeout=90, what="every trial")
+    for group in groups:
+        names = set(group["hparams"])
+        if group["hparams"]["model_type"] == "mlp":
+            assert not names & {"cnn_layers", "filters_0", "filters_1", "filters_2"}, group
+            assert len([n for n in names if n.startswith("units_")]) == int(group["hparams"]["mlp_layers"])
+        else:
+            assert not names & {"mlp_layers", "units_0", "units_1", "units_2"}, group
+            assert len([n for n in names if n.startswith("filters_")]) == int(group["hparams"]["cnn_layers"])
+        assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]

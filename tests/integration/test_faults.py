@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.procs import cluster_env, free_port, processes, python, wait_until
+from tests.procs import (cluster_env, free_port, hparams_session_groups, http_json, processes, python,
+                         wait_until)
 
 FIXTURES = dict(KTC_DATASET="tests.fixtures.models:tiny_data", KTC_MODEL="tests.fixtures.models:build_model",
                 KTC_LEASE_SECONDS=6, KTC_HEARTBEAT_SECONDS=1, KTC_STOP_GRACE_SECONDS=5,
@@ -182,6 +183,35 @@ def test_failing_trials_are_retried_then_failed_with_their_message(tmp_path):
     assert all(r["status"] == "COMPLETED" for r in table if r["variant"] == "ok")
     assert all(r["attempts"] == "2" and r["message"] == "ValueError: bad combo: variant=raise" for r in failed)
     assert "ValueError: bad combo: variant=raise" in chief.output()
+    _assert_failed_sessions_in_tensorboard(tmp_path, env, {r["trial_id"] for r in failed})
+
+
+def _assert_failed_sessions_in_tensorboard(tmp_path, env, failed_ids):
+    """Failed attempts show as failed HParams sessions; the message is in the Text tab."""
+    import sys
+
+    port = free_port()
+    tensorboard = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir",
+                   str(tmp_path / "logs" / "itest"), "--port", str(port), "--host", "127.0.0.1"]
+    base = f"http://127.0.0.1:{port}"
+    with processes() as start:
+        start("tensorboard", tensorboard, env, tmp_path)
+
+        def failed_groups():
+            try:
+                groups = hparams_session_groups(base)
+            except OSError:
+                return None
+            bad = {g["name"] for g in groups if any(s["status"] == "STATUS_FAILURE" for s in g["sessions"])}
+            return bad if bad == failed_ids else None
+
+        wait_until(failed_groups, 90, what="failed sessions in TensorBoard")
+        tags = wait_until(lambda: http_json(f"{base}/data/plugin/text/tags"), 30, what="text tags")
+        for trial_id in failed_ids:  # both attempts: one clean run each, each with its failure text
+            for run in (f"{trial_id}/execution0", f"{trial_id}/attempt2/execution0"):
+                assert "failure" in tags.get(run, []), tags
+                text = http_json(f"{base}/data/plugin/text/text?run={run}&tag=failure")
+                assert "ValueError: bad combo: variant=raise" in json.dumps(text)
 
 
 def test_too_many_failures_in_a_row_stop_the_search_clearly(tmp_path):
