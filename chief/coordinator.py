@@ -228,7 +228,7 @@ class Coordinator:
 
     def end_trial(self, trial, worker=None, instance=None, message: str = "", used=None) -> bool:
         """Record a finished attempt exactly once; False if the report was ignored."""
-        with self._locked() as oracle:
+        with self._locked():
             if worker:
                 self._admit(worker, instance)
             if not self._accepts(trial.trial_id, worker, "result"):

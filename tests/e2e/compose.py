@@ -36,6 +36,27 @@ def docker_available() -> bool:
     return probe.returncode == 0 and info.returncode == 0
 
 
+REQUIRED = os.environ.get("KTC_E2E_REQUIRED") == "1"  # .ci/run sets it: no Docker is a failure there
+
+
+def new_stack(prefix: str, tmp, **settings) -> "Stack":
+    """A uniquely named stack on the image for this tree; skip (fail in CI) without Docker."""
+    import pytest
+
+    from tests.procs import free_port
+
+    if not docker_available():
+        if REQUIRED:
+            pytest.fail("Docker with Compose v2 is required (KTC_E2E_REQUIRED=1) but is not usable")
+        pytest.skip("Docker with Compose v2 is not available (run .ci/provision-docker.sh)")
+    base = os.environ.get("KTC_BASE_IMAGE", "python:3.11-slim-bookworm")
+    tensorflow = os.environ.get("KTC_TENSORFLOW", "tensorflow-cpu==2.21.0")
+    env = {"KTC_BASE_IMAGE": base, "KTC_TENSORFLOW": tensorflow, "KTC_IMAGE_TAG": image_tag(base, tensorflow),
+           "KTC_TENSORBOARD_PORT": str(free_port()), "KTC_RESULTS_HOST_DIR": str(tmp / "results"),
+           **{k: str(v) for k, v in settings.items()}}
+    return Stack(f"{prefix}{os.getpid()}", env)
+
+
 class Stack:
     """One Compose project (unique name), torn down with `down -v` by `close()`."""
 

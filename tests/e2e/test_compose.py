@@ -1,40 +1,30 @@
-"""The whole product in real containers: build, `up --scale worker=2`, check from the host, `down -v`."""
+"""The whole product in real containers: build, `up` with one worker, scale to two while the search
+runs, check everything from the host (TensorBoard's HTTP API, the results folder), `down -v`."""
 
 import csv
 import json
-import os
 
 import pytest
 
-from tests.e2e.compose import Stack, docker_available, image_tag
-from tests.procs import free_port, hparams_session_groups, http_json, wait_until
+from tests.e2e.compose import new_stack
+from tests.procs import hparams_session_groups, http_json, wait_until
 
-MAX_TRIALS = 6
-REQUIRED = os.environ.get("KTC_E2E_REQUIRED") == "1"  # .ci/run sets it: no Docker is a failure there
+MAX_TRIALS = 8
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not docker_available():
-        if REQUIRED:
-            pytest.fail("Docker with Compose v2 is required (KTC_E2E_REQUIRED=1) but is not usable")
-        pytest.skip("Docker with Compose v2 is not available (run .ci/provision-docker.sh)")
     tmp = tmp_path_factory.mktemp("e2e")
-    base = os.environ.get("KTC_BASE_IMAGE", "python:3.11-slim-bookworm")
-    tensorflow = os.environ.get("KTC_TENSORFLOW", "tensorflow-cpu==2.21.0")
-    tb_port = free_port()
-    env = {
-        "KTC_BASE_IMAGE": base, "KTC_TENSORFLOW": tensorflow, "KTC_IMAGE_TAG": image_tag(base, tensorflow),
-        "KTC_DATASET": "digits", "KTC_MAX_TRIALS": str(MAX_TRIALS), "KTC_EPOCHS": "1", "KTC_SEED": "1",
-        "KTC_TF_THREADS": "1", "KTC_STOP_GRACE_SECONDS": "20", "KTC_PROJECT": "e2e",
-        "KTC_TENSORBOARD_PORT": str(tb_port), "KTC_RESULTS_HOST_DIR": str(tmp / "results"),
-    }
-    stack = Stack(f"ktce2e{os.getpid()}", env)
+    stack = new_stack("ktce2e", tmp, KTC_DATASET="digits", KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=8, KTC_SEED=1,
+                      KTC_TF_THREADS=1, KTC_STOP_GRACE_SECONDS=20, KTC_PROJECT="e2e")
     try:
         stack.ensure_image()
-        stack.compose("up", "-d", "--scale", "worker=2", timeout=300)
+        stack.compose("up", "-d", "--scale", "worker=1", timeout=300)
+        wait_until(lambda: "-> worker-1 (attempt 1)" in stack.logs("chief"), 240, what="worker-1's first trial")
+        stack.compose("up", "-d", "--scale", "worker=2", "--no-recreate", timeout=300)  # join mid-search
         codes = stack.wait_exited({"chief", "worker"}, timeout=600)
-        yield {"stack": stack, "codes": codes, "results": tmp / "results" / "e2e", "tb": f"http://127.0.0.1:{tb_port}"}
+        yield {"stack": stack, "codes": codes, "results": tmp / "results" / "e2e",
+               "tb": f"http://127.0.0.1:{stack.env['KTC_TENSORBOARD_PORT']}"}
     finally:
         print(stack.logs("chief")[-8000:])
         stack.close()
@@ -59,6 +49,21 @@ def test_workers_derived_their_ids_and_devices(stack):
     logs = stack["stack"].logs("worker")
     for n in (1, 2):
         assert f"worker-{n} trains on CPU (no GPU visible)" in logs
+
+
+def test_the_scaled_worker_joined_while_the_search_ran(stack):
+    logs = stack["stack"].logs("chief")
+    assert logs.index("worker-2 registered") < logs.index("search finished")
+    assert "-> worker-2 (attempt 1)" in logs
+
+
+def test_status_command_in_the_finished_cluster(stack):
+    out = stack["stack"].compose("run", "--rm", "--no-deps", "chief", "python", "-m", "chief", "status").stdout
+    assert f"progress: {MAX_TRIALS}/{MAX_TRIALS} done (0 failed)" in out and "worker-2" in out
+
+
+def test_best_model_file_on_the_host(stack):
+    assert (stack["results"] / "best_model.keras").stat().st_size > 10_000
 
 
 def test_tensorboard_serves_every_trial_from_the_host(stack):

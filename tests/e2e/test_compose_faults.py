@@ -3,35 +3,22 @@ mid-search; the accounting must stay exact (every trial recorded once, none lost
 
 import csv
 import json
-import os
 import time
 
 import pytest
 
-from tests.e2e.compose import Stack, docker_available, image_tag
-from tests.procs import free_port, wait_until
+from tests.e2e.compose import new_stack
+from tests.procs import wait_until
 
 MAX_TRIALS = 6
-REQUIRED = os.environ.get("KTC_E2E_REQUIRED") == "1"
 
 
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory):
-    if not docker_available():
-        if REQUIRED:
-            pytest.fail("Docker with Compose v2 is required (KTC_E2E_REQUIRED=1) but is not usable")
-        pytest.skip("Docker with Compose v2 is not available (run .ci/provision-docker.sh)")
     tmp = tmp_path_factory.mktemp("e2efault")
-    base = os.environ.get("KTC_BASE_IMAGE", "python:3.11-slim-bookworm")
-    tensorflow = os.environ.get("KTC_TENSORFLOW", "tensorflow-cpu==2.21.0")
-    env = {
-        "KTC_BASE_IMAGE": base, "KTC_TENSORFLOW": tensorflow, "KTC_IMAGE_TAG": image_tag(base, tensorflow),
-        "KTC_DATASET": "digits", "KTC_MAX_TRIALS": str(MAX_TRIALS), "KTC_EPOCHS": "25", "KTC_SEED": "4",
-        "KTC_TF_THREADS": "1", "KTC_STOP_GRACE_SECONDS": "10", "KTC_PROJECT": "e2efault",
-        "KTC_LEASE_SECONDS": "8", "KTC_HEARTBEAT_SECONDS": "1", "KTC_CHIEF_TIMEOUT_SECONDS": "120",
-        "KTC_TENSORBOARD_PORT": str(free_port()), "KTC_RESULTS_HOST_DIR": str(tmp / "results"),
-    }
-    stack = Stack(f"ktcfault{os.getpid()}", env)
+    stack = new_stack("ktcfault", tmp, KTC_DATASET="digits", KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=25, KTC_SEED=4,
+                      KTC_TF_THREADS=1, KTC_STOP_GRACE_SECONDS=10, KTC_PROJECT="e2efault", KTC_LEASE_SECONDS=8,
+                      KTC_HEARTBEAT_SECONDS=1, KTC_CHIEF_TIMEOUT_SECONDS=120)
     timeline = {}
     try:
         stack.ensure_image()

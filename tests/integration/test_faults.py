@@ -19,6 +19,34 @@ FIXTURES = dict(KTC_DATASET="tests.fixtures.models:tiny_data", KTC_MODEL="tests.
                 KTC_CHIEF_TIMEOUT_SECONDS=60, KTC_SEED=5, KTC_EPOCHS=1)
 
 
+FIGURES = []  # one row per fault: written to $KTC_FAULT_REPORT (JSON) for docs/faults.md
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_report():
+    yield
+    path = os.environ.get("KTC_FAULT_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(FIGURES, f, indent=1)
+
+
+def figure(fault, tmp_path=None, max_trials=None, recovery=None, **extra):
+    """Record trials lost and re-run for a fault, from the journal (the chief's own record)."""
+    row = {"fault": fault, **extra}
+    if tmp_path is not None:
+        events = journal(tmp_path)
+        finals = {e["trial"] for e in events if e["event"] == "end" and e["status"] != "RETRY"}
+        starts = [e["trial"] for e in events if e["event"] == "start"]
+        row.update(trials=max_trials, lost=max_trials - len(finals),
+                   reruns_of_finished=sum(1 for t in set(starts) if starts.count(t) > 1 and
+                                          sum(1 for e in events if e["event"] == "end" and e["trial"] == t
+                                              and e["status"] == "COMPLETED") > 1))
+    if recovery is not None:
+        row["recovery_seconds"] = round(recovery, 1)
+    FIGURES.append(row)
+
+
 def _env(tmp_path, **overrides):
     return cluster_env(tmp_path, free_port(), **{**FIXTURES, **overrides})
 
@@ -72,7 +100,7 @@ def test_worker_killed_mid_trial_is_rerun_elsewhere_and_nothing_hangs(tmp_path):
     assert by_id[trial]["worker"] == "worker-2" and by_id[trial]["attempts"] == "2"
     assert f"trial {trial}: LeaseExpired: worker-1 silent for over 6s; re-queued" in chief.output()
     assert recovered < 120
-    (tmp_path / "recovery.txt").write_text(f"{recovered:.1f}")
+    figure("kill -9 a worker mid-trial (lease 6 s)", tmp_path, 4, recovered, detail=f"trial {trial}: attempt 2 on worker-2")
 
 
 def test_chief_killed_and_restarted_keeps_and_never_reruns(tmp_path):
@@ -83,9 +111,12 @@ def test_chief_killed_and_restarted_keeps_and_never_reruns(tmp_path):
         wait_until(lambda: chief.output().count(" COMPLETED by ") >= 2, 180, what="two completed trials")
         os.kill(chief.pid, signal.SIGKILL)
         chief.wait(timeout=10)
+        crashed_at = time.monotonic()
         done_before = {e["trial"] for e in journal(tmp_path) if e["event"] == "end"}
         time.sleep(2)  # an outage the workers must ride out
         again = start("chief-again", python("chief"), env, tmp_path)
+        wait_until(lambda: " COMPLETED by " in again.output(), 120, what="a result after the restart")
+        recovered = time.monotonic() - crashed_at
         assert again.wait(timeout=240) == 0, again.output()[-3000:]
         assert [w.wait(timeout=30) for w in workers] == [0, 0]
     events, table = assert_exactly_once(tmp_path, 6)
@@ -93,6 +124,8 @@ def test_chief_killed_and_restarted_keeps_and_never_reruns(tmp_path):
     assert len(starts) == len(set(starts)), f"a trial ran twice: {starts}"  # nothing re-run
     assert done_before and all(t in {r["trial_id"] for r in table} for t in done_before)
     assert "resumed project itest" in again.output()
+    figure("kill -9 the chief mid-search, restart it 2 s later", tmp_path, 6, recovered,
+           detail="recovery = crash to first result recorded by the new chief")
 
 
 def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
@@ -111,6 +144,7 @@ def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
     assert "search finished: 2 completed, 0 failed of 2" in again.output()
     assert "already finished; nothing to do" in late.output()
     assert_exactly_once(tmp_path, 2)
+    figure("restart the chief on a finished project; start a worker after the end", tmp_path, 2)
 
 
 def test_duplicate_live_worker_id_is_refused(tmp_path):
@@ -125,6 +159,7 @@ def test_duplicate_live_worker_id_is_refused(tmp_path):
     assert "KERASTUNER_TUNER_ID=twin: worker id 'twin' is already used by a live worker" in second.output()
     _, table = assert_exactly_once(tmp_path, 2)
     assert {r["worker"] for r in table} == {"twin"} and {r["attempts"] for r in table} == {"1"}
+    figure("a second live worker with the same id (refused, exit 2)", tmp_path, 2)
 
 
 def test_chief_worker_id_is_refused_at_once(tmp_path):
@@ -133,6 +168,7 @@ def test_chief_worker_id_is_refused_at_once(tmp_path):
         worker = start("w", python("worker"), _worker_env(env, "my-chief"), tmp_path)
         assert worker.wait(timeout=30) == 2
     assert "KERASTUNER_TUNER_ID='my-chief' is not valid: a worker id must not contain 'chief'" in worker.output()
+    figure("a worker id containing 'chief' (refused, exit 2)")
 
 
 def test_second_chief_on_the_same_port_fails_at_once(tmp_path):
@@ -146,6 +182,7 @@ def test_second_chief_on_the_same_port_fails_at_once(tmp_path):
         assert first.wait(timeout=120) == 0 and worker.wait(timeout=30) == 0
     assert "is already in use (another chief?)" in second.output()
     assert_exactly_once(tmp_path, 1)
+    figure("a second chief on the same port (refused, exit 2)", tmp_path, 1)
 
 
 def test_worker_started_long_before_the_chief_waits_for_it(tmp_path):
@@ -158,6 +195,7 @@ def test_worker_started_long_before_the_chief_waits_for_it(tmp_path):
         assert chief.wait(timeout=120) == 0 and worker.wait(timeout=30) == 0
     _, table = assert_exactly_once(tmp_path, 2)
     assert {r["worker"] for r in table} == {"early"}
+    figure("a worker started 8 s before the chief", tmp_path, 2)
 
 
 def test_worker_without_a_chief_gives_up_with_a_clear_message(tmp_path):
@@ -166,6 +204,7 @@ def test_worker_without_a_chief_gives_up_with_a_clear_message(tmp_path):
         worker = start("w1", python("worker"), _worker_env(env, "lonely"), tmp_path)
         assert worker.wait(timeout=60) == 1
     assert "unreachable for 3s (KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started" in worker.output()
+    figure("a worker with no chief at all (gives up after KTC_CHIEF_TIMEOUT_SECONDS=3, exit 1)")
 
 
 def test_failing_trials_are_retried_then_failed_with_their_message(tmp_path):
@@ -184,6 +223,8 @@ def test_failing_trials_are_retried_then_failed_with_their_message(tmp_path):
     assert all(r["attempts"] == "2" and r["message"] == "ValueError: bad combo: variant=raise" for r in failed)
     assert "ValueError: bad combo: variant=raise" in chief.output()
     _assert_failed_sessions_in_tensorboard(tmp_path, env, {r["trial_id"] for r in failed})
+    figure("trials that raise (retried once, then FAILED with their message)", tmp_path, 6,
+           detail=f"{len(failed)} FAILED, {6 - len(failed)} COMPLETED")
 
 
 def _assert_failed_sessions_in_tensorboard(tmp_path, env, failed_ids):
@@ -225,6 +266,7 @@ def test_too_many_failures_in_a_row_stop_the_search_clearly(tmp_path):
     assert "search stopped: 2 trials failed in a row (KTC_MAX_CONSECUTIVE_FAILURES); last error: " in chief.output()
     assert "loss became NaN" in chief.output()
     assert [r["status"] for r in rows(tmp_path)] == ["FAILED", "FAILED"]
+    figure("every trial raises (search stops after 2 in a row, chief exit 1)", tmp_path, 2)
 
 
 @pytest.mark.parametrize("setting,value,expected", [
