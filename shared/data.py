@@ -64,9 +64,8 @@ def prepare(dataset: str, data_dir: str) -> None:
     import keras
 
     try:
-        keras.utils.get_file(
-            fname=os.path.abspath(_mnist_path(data_dir)), origin=MNIST_URL, file_hash=MNIST_SHA256
-        )
+        keras.utils.get_file(fname=MNIST_FILE, origin=MNIST_URL, file_hash=MNIST_SHA256,
+                             cache_dir=os.path.abspath(data_dir), cache_subdir="")
     except Exception as exc:  # any network or hash failure ends the same way
         reason = " ".join(str(exc).split())[:160]
         raise DataError(

@@ -144,6 +144,8 @@ def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
     assert "search finished: 2 completed, 0 failed of 2" in again.output()
     assert "already finished; nothing to do" in late.output()
     assert_exactly_once(tmp_path, 2)
+    configs = list((tmp_path / "logs" / "itest").glob("events.out.tfevents.*.ktcluster-hparams"))
+    assert len(configs) == 1, configs  # the re-run chief replaced its HParams config, never added one
     figure("restart the chief on a finished project; start a worker after the end", tmp_path, 2)
 
 

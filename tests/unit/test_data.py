@@ -47,6 +47,43 @@ def test_failed_download_names_the_offline_choice(tmp_path, monkeypatch):
     assert not (tmp_path / data.MNIST_FILE).exists()
 
 
+def test_chief_downloads_mnist_once_into_the_cache(tmp_path, monkeypatch):
+    """A real HTTP download (a local server with a small MNIST-shaped file), hash-checked."""
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    _fake_mnist(served / data.MNIST_FILE)
+    digest = hashlib.sha256((served / data.MNIST_FILE).read_bytes()).hexdigest()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(data, "MNIST_URL", f"http://127.0.0.1:{server.server_port}/{data.MNIST_FILE}")
+        monkeypatch.setattr(data, "MNIST_SHA256", digest)
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        data.prepare("mnist", str(cache))
+        data.prepare("mnist", str(cache))  # second time: from the cache
+        assert sorted(p.name for p in cache.iterdir()) == [data.MNIST_FILE]
+        assert data.load("mnist", str(cache)).input_shape == (28, 28, 1)
+        assert len(requests) == 1
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
 def test_custom_dataset_function(tmp_path, monkeypatch):
     module = tmp_path / "my_data.py"
     module.write_text("import numpy as np\n"

@@ -1,0 +1,42 @@
+"""Both stack variants are valid Compose files, and the GPU one reserves GPUs the right way."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.e2e.compose import REQUIRED, docker_available
+
+
+def config(*files):
+    if not docker_available():
+        if REQUIRED:
+            pytest.fail("Docker with Compose v2 is required (KTC_E2E_REQUIRED=1) but is not usable")
+        pytest.skip("Docker with Compose v2 is not available")
+    args = [a for f in files for a in ("-f", f)]
+    proc = subprocess.run(["docker", "compose", *args, "config", "--format", "json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_default_stack_runs_anywhere():
+    services = config("compose.yaml")["services"]
+    assert set(services) == {"chief", "worker", "tensorboard"}
+    assert all(s.get("init") for s in services.values())
+    assert "deploy" not in services["worker"] or not services["worker"]["deploy"].get("resources")
+    assert "ports" not in services["chief"]  # the oracle port is internal only
+    (published,) = services["tensorboard"]["ports"]
+    assert published["host_ip"] == "127.0.0.1" and published["target"] == 6006
+    assert services["worker"]["depends_on"]["chief"]["condition"] == "service_healthy"
+    assert "KERASTUNER_TUNER_ID" not in services["worker"]["environment"]  # each replica derives its own
+    assert services["chief"]["healthcheck"]["test"][-2:] == ["chief", "health"]
+
+
+def test_gpu_override_shows_every_gpu_to_every_worker_and_none_to_the_chief():
+    services = config("compose.yaml", "compose.gpu.yaml")["services"]
+    (device,) = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == -1  # "all": each worker then picks one GPU by its replica number
+    assert "deploy" not in services["chief"] and "deploy" not in services["tensorboard"]
