@@ -104,7 +104,7 @@ def run(settings) -> int:
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
-    oracle.save()
+    coordinator.save_state()
     _write_hparams_config(settings, oracle, metrics)
 
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run

@@ -43,50 +43,137 @@ def short_message(message: str | None) -> str:
     return " ".join(lines[-1].split())[:500] if lines else ""
 
 
-def harden(oracle) -> None:
-    """Make the oracle's state writes atomic: a crash mid-write never leaves half a file."""
+class StateWriter:
+    """Writes the oracle's whole state file (O(trials) to encode) behind the hot path.
 
-    def save():
-        write_text_atomic(oracle._get_oracle_fname(), json.dumps(oracle.get_state()))
+    Every acknowledged change is already durable before the reply, in O(1)
+    writes: the trial's own trial.json and a journal line. So oracle.json may
+    lag (at most one write per `interval`, coalescing bursts) and `load_project`
+    rebuilds the bookkeeping from those files. Oracles whose own extra state
+    moves with every trial (Hyperband's brackets, GridSearch's order) are
+    saved synchronously, as stock does.
+    """
+
+    def __init__(self, oracle, lock: threading.Lock, interval: float = 0.5):
+        self.oracle, self._lock, self.interval = oracle, lock, interval
+        import keras_tuner as kt
+
+        self.behind = isinstance(oracle, (kt.oracles.RandomSearchOracle, kt.oracles.BayesianOptimizationOracle))
+        self._dirty, self._closing = threading.Event(), threading.Event()
+        self._writing = threading.Lock()  # one write at a time, so an older state never lands last
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        if self.behind:
+            self._thread.start()
+
+    def _state(self) -> dict:
+        """A copy of the state, safe to encode while the oracle moves on (caller holds the lock)."""
+        return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+                for k, v in self.oracle.get_state().items()}
+
+    def _write(self, state: dict) -> None:
+        write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state))
+
+    def save(self) -> None:
+        """The oracle's `save` (called with the lock held)."""
+        if self.behind:
+            self._dirty.set()
+        else:
+            self._write(self._state())
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                state = self._state()
+            self._write(state)
+
+    def _run(self) -> None:
+        while True:
+            self._dirty.wait()
+            if self._closing.is_set():
+                return
+            self._dirty.clear()
+            self.flush()
+            self._closing.wait(self.interval)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._dirty.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.flush()
+
+
+def _check_consecutive_failures(oracle):
+    """Stock scans every ended trial on each end (O(trials)); only the tail can form a new run."""
+
+    def check():
+        limit, run = oracle.max_consecutive_failed_trials, 0
+        for trial_id in reversed(oracle.end_order):
+            if oracle.trials[trial_id].status != trial_module.TrialStatus.FAILED:
+                break
+            run += 1
+            if run >= limit:
+                raise RuntimeError(f"Number of consecutive failures exceeded the limit of {limit}.\n"
+                                   + (oracle.trials[trial_id].message or ""))
+
+    return check
+
+
+def harden(oracle, writer: StateWriter) -> None:
+    """Atomic state files (write + rename), the state file written behind, an O(1) failure check."""
 
     def save_trial(trial):
         path = os.path.join(oracle._get_trial_dir(trial.trial_id), "trial.json")
         write_text_atomic(path, json.dumps(trial.get_state()))
 
-    oracle.save = save
+    oracle.save = writer.save
     oracle._save_trial = save_trial
+    oracle._check_consecutive_failures = _check_consecutive_failures(oracle)
 
 
-def load_project(oracle) -> dict[str, str]:
-    """Reload a saved project; return the trials that were running then, by worker.
+def load_project(oracle, runs: dict[str, dict]) -> dict[str, str]:
+    """Reload a saved project; return the trials that were running, by worker.
 
-    Stock `reload` re-queues every trial listed as ongoing, including ones that
-    had already finished (`end_trial` saves before it un-lists them): that is
-    how a restarted chief re-ran finished trials. Here finished ones are
-    dropped and running ones stay with their worker, which may still be
-    training and report them; its lease decides.
+    The journal and the trial files (written before every reply) are the
+    truth; oracle.json may lag behind them (see StateWriter) and stock
+    `reload` re-queues every trial it lists as ongoing, including ones that had
+    already finished (`end_trial` saves before it un-lists them): that is how a
+    stock chief re-ran finished trials. Here:
+    - a trial whose last attempt started and never ended stays with its
+      worker, which may still be training and report it; its lease decides;
+    - a trial whose last attempt ended for a retry waits in the queue;
+    - a trial that exists but was never acknowledged to a worker is queued;
+    - finished trials are never re-queued.
     """
-    path = oracle._get_oracle_fname()
-    if not os.path.exists(path):
+    if not os.path.exists(oracle._get_oracle_fname()):
         return {}
-    with open(path) as f:
-        saved = json.load(f)
     oracle.reload()
-    queued = list(saved.get("retry_queue", []))
-    oracle._retry_queue = queued
-    restored = {}
-    for worker, trial_id in saved.get("ongoing_trials", {}).items():
-        trial = oracle.trials.get(trial_id)
-        if trial is None or trial_id in queued:  # queued: its end was saved, it waits for a worker
+    oracle.ongoing_trials, queue, restored = {}, [], {}
+    for trial_id, trial in oracle.trials.items():
+        run = runs.get(trial_id)
+        if trial.status in FINAL or (run and run["status"] in FINAL):
             continue
-        if trial.status in FINAL:  # ended, and the crash came before it was un-listed
-            if trial_id not in oracle.end_order:
-                oracle.end_order.append(trial_id)
-            continue
-        trial.status = RUNNING  # RUNNING, or INVALID when it was handed out again as a retry
-        oracle.ongoing_trials[worker] = trial
-        oracle.tuner_ids.add(worker)
-        restored[worker] = trial_id
+        if run and run["status"] == RUNNING:
+            trial.status = RUNNING
+            oracle.ongoing_trials[run["worker"]] = trial
+            oracle.tuner_ids.add(run["worker"])
+            restored[run["worker"]] = trial_id
+        else:
+            queue.append(trial_id)
+    oracle._retry_queue = queue
+    known = set(oracle.start_order)
+    oracle.start_order += [t for t in sorted(oracle.trials, key=int) if t not in known]
+    ended = set(oracle.end_order)
+    finals = sorted((run.get("ended_at", 0), t) for t, run in runs.items()
+                    if t not in ended and t in oracle.trials and oracle.trials[t].status in FINAL)
+    oracle.end_order += [t for _, t in finals]
+    for trial_id, run in runs.items():
+        oracle._run_times[trial_id] = max(oracle._run_times[trial_id], run["ends"])
+    for trial_id, trial in oracle.trials.items():
+        if oracle._id_to_hash[trial_id] is None:
+            digest = oracle._compute_values_hash(trial.hyperparameters.values)
+            oracle._id_to_hash[trial_id] = digest
+            oracle._tried_so_far.add(digest)
     return restored
 
 
@@ -95,11 +182,13 @@ class Coordinator:
 
     def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
                  on_event=lambda coordinator: None, clock=time.monotonic):
-        harden(oracle)
+        self._lock = threading.Lock()
+        self.writer = StateWriter(oracle, self._lock)
+        harden(oracle, self.writer)
         self.oracle = oracle
         self.project_dir = oracle._project_dir
-        restored = load_project(oracle)
         self.journal = RunJournal(self.project_dir)
+        restored = load_project(oracle, self.journal.runs)
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
         for worker, trial_id in restored.items():
@@ -110,9 +199,9 @@ class Coordinator:
         self.fatal: str | None = None
         self.stopped_workers: set[str] = set()
         self._stop_seen = False
-        self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._on_event = on_event
+        self._stats = self._initial_stats()
         self._check_finished()
         if not self.finished.is_set():
             with contextlib.suppress(FileNotFoundError):
@@ -259,6 +348,7 @@ class Coordinator:
         ended = oracle.trials[trial.trial_id]
         run = self.journal.runs.get(trial.trial_id, {})
         seconds = time.time() - run["started"] if run.get("started") else None
+        self._count(ended, seconds, final=trial.trial_id not in oracle._retry_queue)
         status = "RETRY" if trial.trial_id in oracle._retry_queue else ended.status
         self.journal.record(event="end", trial=trial.trial_id, status=status, seconds=seconds,
                             message=short_message(message), used=used)
@@ -272,6 +362,47 @@ class Coordinator:
     def get_best_trials(self, num_trials=1):
         with self._locked() as oracle:
             return oracle.get_best_trials(num_trials)
+
+    # -- progress, in O(1) per event (no work that grows with the number of trials) --------
+    def _initial_stats(self) -> dict:
+        stats = {"COMPLETED": 0, "FAILED": 0, "seconds": 0.0, "timed": 0, "best": None}
+        for trial in self.oracle.trials.values():
+            if trial.status in FINAL:
+                stats[trial.status] += 1
+        for run in self.journal.runs.values():
+            if run.get("seconds"):
+                stats["seconds"] += run["seconds"]
+                stats["timed"] += 1
+        best = self.oracle.get_best_trials(1)
+        if best and best[0].status == trial_module.TrialStatus.COMPLETED:
+            stats["best"] = (best[0].trial_id, best[0].score)
+        return stats
+
+    def _count(self, trial, seconds, final: bool) -> None:
+        stats = self._stats
+        if seconds:
+            stats["seconds"] += seconds
+            stats["timed"] += 1
+        if final and trial.status in FINAL:
+            stats[trial.status] += 1
+        if trial.status == trial_module.TrialStatus.COMPLETED and trial.score is not None:
+            better = max if self.oracle.objective.direction == "max" else min
+            if stats["best"] is None or better(trial.score, stats["best"][1]) != stats["best"][1]:
+                stats["best"] = (trial.trial_id, trial.score)
+
+    def progress(self) -> dict:
+        """The summary `progress.line` prints, without touching every trial."""
+        from chief import progress
+
+        with self._lock:
+            stats, oracle = self._stats, self.oracle
+            running = {w: t.trial_id for w, t in oracle.ongoing_trials.items()}
+            total = oracle.max_trials or len(oracle.trials)
+            mean = stats["seconds"] / stats["timed"] if stats["timed"] else None
+            return {"completed": stats["COMPLETED"], "failed": stats["FAILED"], "running": running,
+                    "total": total, "queued": len(oracle._retry_queue), "objective": oracle.objective.name,
+                    "best": stats["best"],
+                    "eta": progress.eta(total, stats["COMPLETED"], stats["FAILED"], len(running), mean)}
 
     # -- state of the search --------------------------------------------------------
     def wait_for_stop_heard(self, timeout: float) -> list[str]:
@@ -321,5 +452,10 @@ class Coordinator:
                 "fatal": self.fatal,
             }
 
+    def save_state(self) -> None:
+        """Write oracle.json now (start-up, shutdown)."""
+        self.writer.flush()
+
     def close(self):
+        self.writer.close()
         self.journal.close()

@@ -36,12 +36,14 @@ class RunJournal:
 
     @staticmethod
     def _apply(runs, event):
-        run = runs.setdefault(event["trial"], {"attempts": 0, "message": ""})
+        """Fold one event in; `ends` counts ended attempts, `ended_at` orders results."""
+        run = runs.setdefault(event["trial"], {"attempts": 0, "ends": 0, "message": ""})
         if event["event"] == "start":
             run.update(worker=event["worker"], started=event["t"], seconds=None, status="RUNNING")
             run["attempts"] += 1
         else:
-            run.update(seconds=event.get("seconds"), status=event["status"])
+            run.update(seconds=event.get("seconds"), status=event["status"], ended_at=event["t"])
+            run["ends"] += 1
             if event.get("used") is not None:
                 run["used"] = event["used"]
             if event.get("message"):

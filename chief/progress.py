@@ -1,4 +1,4 @@
-"""Progress lines and the results files, both computed from a coordinator snapshot."""
+"""Progress lines, the final report and the results files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from shared import results
 
 log = logging.getLogger("ktcluster.progress")
 
-DONE = ("COMPLETED", "FAILED", "INVALID")
-
-
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -22,22 +19,26 @@ def _duration(seconds: float | None) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s")
 
 
+def eta(total: int, completed: int, failed: int, running: int, mean_seconds: float | None) -> float | None:
+    """Remaining trials / running workers (rounded up) x mean trial time."""
+    remaining = max(total - completed - failed, 0)
+    if not mean_seconds or not remaining:
+        return None
+    return math.ceil(remaining / max(running, 1)) * mean_seconds
+
+
 def summary(snap: dict) -> dict:
-    """Counts, best and ETA; ETA = remaining trials / running workers x mean trial time."""
+    """Counts, best and ETA from a full snapshot (results, status, the final report)."""
     statuses = [t.status for t in snap["trials"]]
-    completed = statuses.count("COMPLETED")
-    failed = statuses.count("FAILED")
-    running = snap["running"]
+    completed, failed = statuses.count("COMPLETED"), statuses.count("FAILED")
     total = snap["max_trials"] or len(statuses)
     durations = [r["seconds"] for r in snap["runs"].values() if r.get("seconds")]
-    remaining = max(total - completed - failed, 0)
-    eta = None
-    if durations and remaining:
-        eta = math.ceil(remaining / max(len(running), 1)) * (sum(durations) / len(durations))
+    mean = sum(durations) / len(durations) if durations else None
     best = snap["best"]
     return {
-        "completed": completed, "failed": failed, "running": running, "total": total, "eta": eta,
-        "queued": len(snap.get("queued", ())),
+        "completed": completed, "failed": failed, "running": snap["running"], "total": total,
+        "queued": len(snap.get("queued", ())), "objective": snap["objective"].name,
+        "eta": eta(total, completed, failed, len(snap["running"]), mean),
         "best": None if best is None else (best.trial_id, best.score),
     }
 
@@ -49,17 +50,17 @@ def summary_record(snap: dict) -> dict:
             "best_trial": s["best"][0] if s["best"] else None}
 
 
-def line(snap: dict) -> str:
-    s = summary(snap)
+def line(s: dict) -> str:
+    """One progress line from a summary (`summary()` or the coordinator's O(1) `progress()`)."""
     running = ", ".join(f"{w}:{t}" for w, t in sorted(s["running"].items())) or "none"
     best = "none yet" if s["best"] is None else f"{s['best'][1]:.4f} (trial {s['best'][0]})"
     queued = f", {s['queued']} queued for retry" if s["queued"] else ""
     return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed{queued}), "
-            f"running [{running}], best {snap['objective'].name} {best}, ETA {_duration(s['eta'])}")
+            f"running [{running}], best {s['objective']} {best}, ETA {_duration(s['eta'])}")
 
 
 def log_progress(coordinator) -> None:
-    log.info(line(coordinator.snapshot()))
+    log.info(line(coordinator.progress()))
 
 
 def write_results(snap: dict, results_dir: str) -> dict:

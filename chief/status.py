@@ -51,7 +51,7 @@ def render(snap: dict) -> str:
     columns = results.FIXED_COLUMNS + [c for c in snap["space"] if any(r[c] is not None for r in rows)] + ["attempts"]
     cells = [[results.cell(r[c]) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = [progress.line(snap), ""]
+    lines = [progress.line(progress.summary(snap)), ""]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)

@@ -135,11 +135,11 @@ def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_pat
     c.expire_leases()  # w3's trial re-queued ...
     again, attempt = c.create_trial("w1", "w1")  # ... and handed to w1 as attempt 2
     assert (again.trial_id, attempt) == (retried.trial_id, 2)
+    c.close()
     # Simulate the stock trap: end_trial saves oracle.json while the finished trial is still listed.
     state = json.load(open(tmp_path / "proj" / "oracle.json"))
     state["ongoing_trials"]["w9"] = done.trial_id
     open(tmp_path / "proj" / "oracle.json", "w").write(json.dumps(state))
-    c.close()
 
     restarted = Coordinator(make_oracle(tmp_path, max_trials=4), lease_seconds=10, heartbeat_seconds=1, clock=clock)
     assert {w: t.trial_id for w, t in restarted.oracle.ongoing_trials.items()} == {
@@ -173,6 +173,7 @@ def test_state_files_are_written_atomically(tmp_path):
     c = coordinator(tmp_path, clock)
     c.register("w1", "i1")
     c.create_trial("w1", "i1")
+    c.save_state()
     leftovers = [p for p in os.listdir(tmp_path / "proj") if p.startswith(".tmp-")]
     assert leftovers == [] and json.load(open(tmp_path / "proj" / "oracle.json"))["ongoing_trials"]
 
@@ -181,3 +182,35 @@ def _completed(c, trial):
     c.update_trial(trial.trial_id, {"score": 0.7})
     copy = kt.engine.trial.Trial(trial.hyperparameters, trial_id=trial.trial_id, status="COMPLETED")
     return copy
+
+
+def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
+    """oracle.json is written behind the hot path; a kill -9 may leave it far behind the journal."""
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=5)
+    c.save_state()  # the snapshot a crash leaves behind: from before any trial
+    c.writer._write = lambda state: None  # ... and nothing written after it
+    for w in ("w1", "w2", "w3"):
+        c.register(w, w)
+    done, _ = c.create_trial("w1", "w1")
+    running, _ = c.create_trial("w2", "w2")
+    lost, _ = c.create_trial("w3", "w3")
+    finish(c, done, "w1")
+    clock.now = 5
+    c.heartbeat("w2", "w2")
+    clock.now = 11
+    assert c.expire_leases() == [lost.trial_id]  # re-queued, not yet handed out
+    c.journal.close()  # kill -9: no clean shutdown, no final state write
+
+    again = Coordinator(make_oracle(tmp_path, max_trials=5), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    oracle = again.oracle
+    assert {w: t.trial_id for w, t in oracle.ongoing_trials.items()} == {"w2": running.trial_id}
+    assert oracle._retry_queue == [lost.trial_id]
+    assert oracle.end_order == [done.trial_id] and oracle.trials[done.trial_id].status == "COMPLETED"
+    assert oracle._run_times[lost.trial_id] == 1
+    again.register("w4", "w4")
+    retry, attempt = again.create_trial("w4", "w4")
+    assert (retry.trial_id, attempt) == (lost.trial_id, 2)
+    fresh, _ = again.create_trial("w1", "w1")
+    assert fresh.trial_id not in {done.trial_id, running.trial_id, lost.trial_id}  # no id handed out twice
+    assert again.progress()["completed"] == 1 and again.progress()["best"] == (done.trial_id, 1.0)

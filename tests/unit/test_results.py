@@ -44,7 +44,7 @@ def test_progress_line_counts_best_and_eta():
     trials = [_trial("0", "COMPLETED", 0.8), _trial("1", "RUNNING", None), _trial("2", "RUNNING", None)]
     snap = {"trials": trials, "runs": {"0": {"seconds": 60.0}}, "running": {"worker-1": "1", "worker-2": "2"},
             "max_trials": 6, "objective": kt.Objective("val_accuracy", "max"), "best": trials[0], "space": []}
-    line = progress.line(snap)
+    line = progress.line(progress.summary(snap))
     # 5 trials left over 2 running workers at 60 s each -> 3 rounds -> 3 minutes
     assert line == ("progress: 1/6 done (0 failed), running [worker-1:1, worker-2:2], "
                     "best val_accuracy 0.8000 (trial 0), ETA 3m00s")
