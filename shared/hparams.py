@@ -19,7 +19,7 @@ import os
 import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
-from tensorboard.plugins.hparams import summary, summary_v2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary, summary_v2
 
 WORKER = "worker"
 DEVICE = "device"
@@ -83,9 +83,16 @@ def write_experiment_config(log_root: str, space, metric_names, objective) -> st
     hparams = [hp_api.HParam(hp.name, domain(hp), display_name=_readable(hp.name)) for hp in space.space]
     hparams += [hp_api.HParam(WORKER, display_name="worker", description="tuner id of the worker that ran the trial"),
                 hp_api.HParam(DEVICE, display_name="device", description="GPU name or CPU")]
+    pb = summary_v2.hparams_config_pb(hparams=hparams, metrics=metric_infos(metric_names, objective))
+    experiment = pb.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(experiment.content)
+    for info in data.experiment.hparam_infos:  # free-form strings: no domain, but a type, so the
+        if info.name in (WORKER, DEVICE):     # dashboard offers a text filter instead of hiding rows
+            info.type = api_pb2.DATA_TYPE_STRING
+    experiment.content = data.SerializeToString()
     writer = tf.summary.create_file_writer(log_root, filename_suffix=CONFIG_SUFFIX)
     with writer.as_default():
-        summary_v2.hparams_config(hparams=hparams, metrics=metric_infos(metric_names, objective))
+        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
     writer.close()
     return glob.glob(os.path.join(log_root, f"events.out.tfevents.*{CONFIG_SUFFIX}"))[0]
 
