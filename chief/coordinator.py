@@ -54,8 +54,8 @@ class StateWriter:
     saved synchronously, as stock does.
     """
 
-    def __init__(self, oracle, lock: threading.Lock, interval: float = 0.5):
-        self.oracle, self._lock, self.interval = oracle, lock, interval
+    def __init__(self, oracle, lock: threading.Lock, fsync: bool = False, interval: float = 0.5):
+        self.oracle, self._lock, self.fsync, self.interval = oracle, lock, fsync, interval
         import keras_tuner as kt
 
         self.behind = isinstance(oracle, (kt.oracles.RandomSearchOracle, kt.oracles.BayesianOptimizationOracle))
@@ -71,7 +71,7 @@ class StateWriter:
                 for k, v in self.oracle.get_state().items()}
 
     def _write(self, state: dict) -> None:
-        write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state))
+        write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
 
     def save(self) -> None:
         """The oracle's `save` (called with the lock held)."""
@@ -120,13 +120,24 @@ def _check_consecutive_failures(oracle):
 
 
 def harden(oracle, writer: StateWriter) -> None:
-    """Atomic state files (write + rename), the state file written behind, an O(1) failure check."""
+    """Atomic state files (write + rename), the state file written behind, an O(1) failure check,
+    and trial folders made once (stock asks TensorFlow's gfile to create them on every call)."""
+    project_dir = oracle._project_dir
+    made: set[str] = set()
+
+    def trial_dir(trial_id):
+        path = os.path.join(project_dir, f"trial_{trial_id}")
+        if path not in made:
+            os.makedirs(path, exist_ok=True)
+            made.add(path)
+        return path
 
     def save_trial(trial):
-        path = os.path.join(oracle._get_trial_dir(trial.trial_id), "trial.json")
-        write_text_atomic(path, json.dumps(trial.get_state()))
+        path = os.path.join(trial_dir(trial.trial_id), "trial.json")
+        write_text_atomic(path, json.dumps(trial.get_state()), fsync=writer.fsync)
 
     oracle.save = writer.save
+    oracle._get_trial_dir = trial_dir
     oracle._save_trial = save_trial
     oracle._check_consecutive_failures = _check_consecutive_failures(oracle)
 
@@ -181,13 +192,13 @@ class Coordinator:
     """Thread-safe facade over an oracle; `finished` is set when the search is over."""
 
     def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
-                 on_event=lambda coordinator: None, clock=time.monotonic):
+                 on_event=lambda coordinator: None, clock=time.monotonic, fsync: bool = False):
         self._lock = threading.Lock()
-        self.writer = StateWriter(oracle, self._lock)
+        self.writer = StateWriter(oracle, self._lock, fsync=fsync)
         harden(oracle, self.writer)
         self.oracle = oracle
         self.project_dir = oracle._project_dir
-        self.journal = RunJournal(self.project_dir)
+        self.journal = RunJournal(self.project_dir, fsync=fsync)
         restored = load_project(oracle, self.journal.runs)
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
@@ -275,7 +286,8 @@ class Coordinator:
             resumed = worker in oracle.ongoing_trials
             trial = oracle.create_trial(worker)
             if trial.status == RUNNING and not resumed:
-                oracle._save_trial(trial)  # stock skips this for retries: trial.json would say INVALID
+                if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
+                    oracle._save_trial(trial)
                 self.journal.record(event="start", trial=trial.trial_id, worker=worker)
                 log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
                          self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)

@@ -1,6 +1,7 @@
 """Append-only record of trial attempts (who ran what, when, how it ended).
 
-O(1) work and one fsync per event; replayed on start, so a restarted chief
+O(1) work per event, in the kernel before the caller replies (fsync'd too with
+KTC_FSYNC=1); replayed on start, so a restarted chief
 (and `python -m chief status`, which needs no TensorFlow) knows every attempt.
 """
 
@@ -16,8 +17,8 @@ JOURNAL = "ktcluster-runs.jsonl"
 class RunJournal:
     """Events: start (trial, worker) and end (trial, status, seconds, message, used)."""
 
-    def __init__(self, project_dir: str):
-        self.path = os.path.join(project_dir, JOURNAL)
+    def __init__(self, project_dir: str, fsync: bool = False):
+        self.path, self.fsync = os.path.join(project_dir, JOURNAL), fsync
         self.runs = self.replay(self.path)
         self._file = open(self.path, "a")
 
@@ -54,7 +55,8 @@ class RunJournal:
         self._apply(self.runs, event)
         self._file.write(json.dumps(event) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.fsync:
+            os.fsync(self._file.fileno())
 
     def close(self):
         self._file.close()

@@ -121,7 +121,7 @@ class ClusterServicer:
         return self.coordinator.heartbeat(request["worker"], request["instance"])
 
 
-def bind(address: str, max_workers: int = 16):
+def bind(address: str, max_workers: int = 8):
     """Create a server bound exclusively to `address`; raise PortInUse if it is taken."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oracle-rpc"),

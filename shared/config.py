@@ -44,6 +44,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_HEARTBEAT_SECONDS": ("5", "worker heartbeat interval, independent of epoch length (< lease / 2)"),
     "KTC_MAX_RETRIES": ("1", "extra attempts for a trial that raised or whose worker died"),
     "KTC_MAX_CONSECUTIVE_FAILURES": ("5", "the search stops with an error after this many failed trials in a row"),
+    "KTC_FSYNC": ("0", "chief: 1 = fsync every state write (survives power loss, slower); 0 = survives kill -9"),
 }
 
 
@@ -86,6 +87,7 @@ class Settings:
     heartbeat_seconds: float
     max_retries: int
     max_consecutive_failures: int
+    fsync: bool
 
     @property
     def oracle_address(self) -> str:
@@ -239,6 +241,7 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         heartbeat_seconds=_seconds(env, "KTC_HEARTBEAT_SECONDS"),
         max_retries=_int(env, "KTC_MAX_RETRIES", 0, 100),
         max_consecutive_failures=_int(env, "KTC_MAX_CONSECUTIVE_FAILURES", 1),
+        fsync=_choice(env, "KTC_FSYNC", ("0", "1")) == "1",
     )
     if scalars["heartbeat_seconds"] * 2 > scalars["lease_seconds"]:
         raise ConfigError("KTC_HEARTBEAT_SECONDS", env["KTC_HEARTBEAT_SECONDS"].strip(),

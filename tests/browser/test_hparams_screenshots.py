@@ -68,11 +68,14 @@ return n;
 """
 
 
-def _browser():
+def _require_browser():
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         if os.environ.get("KTC_BROWSER_REQUIRED") == "1":
             pytest.fail("chromium and chromium-driver are required here (apt-get install chromium chromium-driver)")
         pytest.skip("Debian's chromium and chromium-driver are not installed")
+
+
+def _browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -86,6 +89,7 @@ def _browser():
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
+    _require_browser()  # before the search: a machine without Chromium should not train first
     tmp = tmp_path_factory.mktemp("browser")
     env = cluster_env(tmp, free_port(), KTC_MAX_TRIALS=TRIALS, KTC_EPOCHS=2, KTC_SEED=7, KTC_PROJECT="guide")
     tb_port = free_port()
@@ -143,6 +147,7 @@ def test_hparams_views_render_every_trial(dashboard):
     # A parallel-coordinates line needs a value on every axis, and each trial records only the
     # hyperparameters its model used: compare one branch, as the guide's filtered view does.
     mlp = sum(1 for g in hparams_session_groups(base) if g["hparams"]["model_type"] == "mlp")
+    assert mlp >= 3, "the seed should give several MLP trials to compare"
     for label in ("cnn", "cnn layers", "filters 0"):
         assert driver.execute_script(CLICK, "PAPER-CHECKBOX", label), label
     assert driver.execute_script(CLICK, "PAPER-TAB", "PARALLEL COORDINATES VIEW")

@@ -174,7 +174,7 @@ def test_state_files_are_written_atomically(tmp_path):
     c.register("w1", "i1")
     c.create_trial("w1", "i1")
     c.save_state()
-    leftovers = [p for p in os.listdir(tmp_path / "proj") if p.startswith(".tmp-")]
+    leftovers = [p for p in os.listdir(tmp_path / "proj") if p.endswith(".tmp")]
     assert leftovers == [] and json.load(open(tmp_path / "proj" / "oracle.json"))["ongoing_trials"]
 
 

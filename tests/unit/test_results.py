@@ -37,7 +37,7 @@ def test_trials_csv_and_best(tmp_path):
     best = json.load(open(tmp_path / "best_hyperparameters.json"))
     assert (best["trial_id"], best["score"], best["worker"]) == ("0", 0.9, "worker-1")
     assert best["hyperparameters"] == {"model_type": "mlp", "units_0": 64}
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_progress_line_counts_best_and_eta():
