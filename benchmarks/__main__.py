@@ -15,7 +15,7 @@ import time
 
 from benchmarks import cluster, throughput
 
-NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup")
+NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup", "docker")
 
 
 def _median(runs, key):
@@ -94,6 +94,16 @@ def bench_startup(args, report):
     v = _median(runs, "to_first_trial")
     print(f"  local processes: start to first trial running {v:.1f} s", flush=True)
     report["startup"] = runs
+
+
+def bench_docker(args, report):
+    r = cluster.startup_docker(args.repeats)
+    if r is None:
+        print("  Docker with Compose v2 is not available (.ci/provision-docker.sh): skipped")
+        return
+    v = statistics.median(r["to_first_trial"])
+    print(f"  docker compose up -d (image built) to first trial running {v:.1f} s", flush=True)
+    report["docker_startup"] = r
 
 
 def main() -> None:

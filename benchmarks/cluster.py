@@ -186,3 +186,30 @@ def startup() -> dict:
         _run([[PY, "-m", "chief"], [PY, "-m", "worker"]], [env, {**env, "KERASTUNER_TUNER_ID": "worker-1"}])
         first = min(e["t"] for e in _journal(tmp) if e["event"] == "start")
     return {"to_first_trial": first - t0}
+
+
+def startup_docker(repeats: int) -> dict | None:
+    """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker."""
+    import pathlib
+
+    from tests.e2e.compose import docker_available, new_stack
+    from tests.procs import wait_until
+
+    if not docker_available():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = new_stack("ktcbench", pathlib.Path(tmp), KTC_DATASET="digits", KTC_MAX_TRIALS=2, KTC_EPOCHS=1,
+                          KTC_PROJECT="start")
+        try:
+            stack.ensure_image()
+            times = []
+            for _ in range(repeats):
+                started = time.monotonic()
+                stack.compose("up", "-d", "--scale", "worker=1", timeout=300)
+                wait_until(lambda: "-> worker-1 (attempt 1)" in stack.logs("chief"), 120, interval=0.2,
+                           what="the first trial")
+                times.append(time.monotonic() - started)
+                stack.compose("down", "-v", "--timeout", "5", timeout=120)
+        finally:
+            stack.close()
+    return {"to_first_trial": times}
