@@ -39,6 +39,22 @@ def finish(c, trial, worker, score=1.0):
     return c.end_trial(trial, worker)
 
 
+def one_done_one_running_one_lost(c, clock):
+    """Three workers: w1 finished its trial, w2 still trains, w3 went silent and lost its lease."""
+    for w in ("w1", "w2", "w3"):
+        c.register(w, w)
+    done, _ = c.create_trial("w1", "w1")
+    running, _ = c.create_trial("w2", "w2")
+    lost, _ = c.create_trial("w3", "w3")
+    finish(c, done, "w1")
+    clock.now = 5
+    c.heartbeat("w2", "w2")
+    c.heartbeat("w1", "w1")
+    clock.now = 11
+    assert c.expire_leases() == [lost.trial_id]  # re-queued, not yet handed out
+    return done, running, lost
+
+
 def journal(tmp_path):
     return [json.loads(line) for line in open(tmp_path / "proj" / "ktcluster-runs.jsonl")]
 
@@ -122,17 +138,7 @@ def test_oracle_exception_does_not_leave_it_locked(tmp_path):
 def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock, max_trials=4)
-    for w in ("w1", "w2", "w3"):
-        c.register(w, w)
-    done, _ = c.create_trial("w1", "w1")
-    running, _ = c.create_trial("w2", "w2")
-    retried, _ = c.create_trial("w3", "w3")
-    finish(c, done, "w1")
-    clock.now = 5
-    c.heartbeat("w2", "w2")
-    c.heartbeat("w1", "w1")
-    clock.now = 11
-    c.expire_leases()  # w3's trial re-queued ...
+    done, running, retried = one_done_one_running_one_lost(c, clock)
     again, attempt = c.create_trial("w1", "w1")  # ... and handed to w1 as attempt 2
     assert (again.trial_id, attempt) == (retried.trial_id, 2)
     c.close()
@@ -190,16 +196,7 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
     c = coordinator(tmp_path, clock, max_trials=5)
     c.save_state()  # the snapshot a crash leaves behind: from before any trial
     c.writer._write = lambda state: None  # ... and nothing written after it
-    for w in ("w1", "w2", "w3"):
-        c.register(w, w)
-    done, _ = c.create_trial("w1", "w1")
-    running, _ = c.create_trial("w2", "w2")
-    lost, _ = c.create_trial("w3", "w3")
-    finish(c, done, "w1")
-    clock.now = 5
-    c.heartbeat("w2", "w2")
-    clock.now = 11
-    assert c.expire_leases() == [lost.trial_id]  # re-queued, not yet handed out
+    done, running, lost = one_done_one_running_one_lost(c, clock)
     c.journal.close()  # kill -9: no clean shutdown, no final state write
 
     again = Coordinator(make_oracle(tmp_path, max_trials=5), lease_seconds=10, heartbeat_seconds=1, clock=clock)
