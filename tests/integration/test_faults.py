@@ -285,3 +285,31 @@ def test_bad_model_data_or_objective_exit_2_with_state_intact(tmp_path, setting,
     lines = [line for line in chief.output().splitlines() if line.startswith("ktcluster chief:")]
     assert len(lines) == 1 and expected in lines[0], chief.output()[-2000:]
     assert not (tmp_path / "state" / "itest" / "oracle.json").exists()
+
+
+def test_running_trial_is_visible_in_hparams_while_it_runs(tmp_path):
+    """The HParams session starts with training, so a running trial is listed before it ends."""
+    import sys
+
+    env = _env(tmp_path, KTC_MAX_TRIALS=1, KTC_TEST_SLEEP=0.5, KTC_EPOCHS=20)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        worker = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        wait_until(lambda: (tmp_path / "logs" / "itest").exists(), 60, what="the log root")
+        start("tensorboard", [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir",
+                              str(tmp_path / "logs" / "itest"), "--port", str(port), "--host", "127.0.0.1",
+                              "--reload_interval", "1"], env, tmp_path)
+
+        def running_session():
+            try:
+                groups = hparams_session_groups(base)
+            except OSError:
+                return None
+            return [g for g in groups if g["hparams"].get("worker") == "worker-1"]
+
+        groups = wait_until(running_session, 90, what="the running trial in TensorBoard")
+        assert chief.popen.poll() is None and worker.popen.poll() is None  # still training
+        assert [s["status"] for s in groups[0]["sessions"]] in (["STATUS_UNKNOWN"], ["STATUS_RUNNING"])
+        assert chief.wait(timeout=180) == 0 and worker.wait(timeout=30) == 0
