@@ -61,6 +61,7 @@ class StateWriter:
         self.behind = isinstance(oracle, (kt.oracles.RandomSearchOracle, kt.oracles.BayesianOptimizationOracle))
         self._dirty, self._closing = threading.Event(), threading.Event()
         self._writing = threading.Lock()  # one write at a time, so an older state never lands last
+        self._staged = threading.local()
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         if self.behind:
             self._thread.start()
@@ -69,6 +70,27 @@ class StateWriter:
         """A copy of the state, safe to encode while the oracle moves on (caller holds the lock)."""
         return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
                 for k, v in self.oracle.get_state().items()}
+
+    def trial_file(self, path: str, text: str) -> None:
+        """A trial.json write: staged while a call holds the lock (see `staging`), else done now."""
+        staged = getattr(self._staged, "writes", None)
+        if staged is None:
+            write_text_atomic(path, text, fsync=self.fsync)
+        else:
+            staged[path] = text
+
+    @contextlib.contextmanager
+    def staging(self):
+        """Writes a call stages are done after it releases the lock and before it replies:
+        other workers' calls proceed meanwhile, and nothing is acknowledged before it is written.
+        (A trial's writes are causally ordered: its worker sends the next call only after this reply.)"""
+        self._staged.writes = {}
+        try:
+            yield
+        finally:
+            writes, self._staged.writes = self._staged.writes, None
+            for path, text in writes.items():
+                write_text_atomic(path, text, fsync=self.fsync)
 
     def _write(self, state: dict) -> None:
         write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
@@ -133,8 +155,7 @@ def harden(oracle, writer: StateWriter) -> None:
         return path
 
     def save_trial(trial):
-        path = os.path.join(trial_dir(trial.trial_id), "trial.json")
-        write_text_atomic(path, json.dumps(trial.get_state()), fsync=writer.fsync)
+        writer.trial_file(os.path.join(trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
 
     oracle.save = writer.save
     oracle._get_trial_dir = trial_dir
@@ -220,8 +241,9 @@ class Coordinator:
 
     @contextlib.contextmanager
     def _locked(self):
-        """Serialise oracle calls; if the oracle raises, release its own lock too."""
-        with self._lock:
+        """Serialise oracle calls; if the oracle raises, release its own lock too.
+        Trial files the call writes are written after the lock is released, before the reply."""
+        with self.writer.staging(), self._lock:
             try:
                 yield self.oracle
             except BaseException:
