@@ -1,4 +1,5 @@
-"""`python -m chief`: serve the search; `python -m chief health`: is it serving?
+"""`python -m chief`: serve the search. `python -m chief status`: progress and the trial table
+(from the state files). `python -m chief health`: is the oracle serving (Compose's healthcheck)?
 
 Exit codes: 0 search finished (results written), 1 runtime failure (e.g. the
 dataset could not be downloaded), 2 bad setting (one line naming it).
