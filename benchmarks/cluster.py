@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
+import pathlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.procs import ROOT, cluster_env, free_port
+
 PY = sys.executable
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(tmp: str, **settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTC_", "KERASTUNER_"))}
-    env.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()), KTC_DATASET="digits",
-               KTC_MODEL="benchmarks.models:fixed_cost", KTC_STATE_DIR=f"{tmp}/state", KTC_LOG_DIR=f"{tmp}/logs",
-               KTC_DATA_DIR=f"{tmp}/data", KTC_RESULTS_DIR=f"{tmp}/results", KTC_PROJECT="bench", KTC_SEED="1",
-               KTC_TF_THREADS="1", KTC_STOP_GRACE_SECONDS="5", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="-1")
-    env.update({k: str(v) for k, v in settings.items()})
-    return env
+    """The integration tests' process environment, with the benchmark's model and project."""
+    defaults = dict(KTC_MODEL="benchmarks.models:fixed_cost", KTC_PROJECT="bench", KTC_SEED=1,
+                    KTC_STOP_GRACE_SECONDS=5, TF_CPP_MIN_LOG_LEVEL=3, CUDA_VISIBLE_DEVICES=-1)
+    return cluster_env(pathlib.Path(tmp), free_port(), **{**defaults, **settings})
 
 
 def _run(procs: list[list[str]], envs: list[dict], timeout: float = 900) -> float:
@@ -190,8 +179,6 @@ def startup() -> dict:
 
 def startup_docker(repeats: int) -> dict | None:
     """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker."""
-    import pathlib
-
     from tests.e2e.compose import docker_available, new_stack
     from tests.procs import wait_until
 

@@ -18,15 +18,7 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.procs import ROOT, free_port
 
 
 def _client(port: int, threads: int, proc_index: int, budget: int, deadline: float, out) -> None:
@@ -78,7 +70,7 @@ def _status_codes():
 def run_one(kind: str, workers: int, trials: int, processes: int | None = None, timeout: float = 300) -> dict:
     """Start a `kind` server, drive it with `workers` simulated workers, return the figures."""
     processes = processes or min(workers, 4)
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as state:
         server = subprocess.Popen([sys.executable, "-m", "benchmarks.servers", kind, str(port), str(trials), state],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
