@@ -13,7 +13,7 @@ import platform
 import statistics
 import time
 
-from benchmarks import cluster, throughput
+from benchmarks import cluster, servers, throughput
 
 NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup", "docker")
 
@@ -22,70 +22,115 @@ def _median(runs, key):
     return statistics.median(r[key] for r in runs)
 
 
+def _fmt(summary, scale=1.0, digits=1):
+    """'median (min..max)' of a median_of summary."""
+    if summary is None:
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(summary['median'] * scale)} ({f.format(summary['min'] * scale)}..{f.format(summary['max'] * scale)})"
+
+
 def bench_throughput(args, report):
+    import tempfile
+
     trials = 600 if args.quick else 2000
-    rows = {}
-    for workers in (1, 8, 64):
-        for kind in ("null", "stock", "ktcluster"):
-            runs = [throughput.run_one(kind, workers, trials) for _ in range(args.repeats)]
-            rows[(kind, workers)] = throughput.median_of(runs)
-            r = rows[(kind, workers)]
-            print(f"  {kind:9s} {workers:3d} workers: {r['round_trips_per_s']:7.1f} trials/s, "
-                  f"CreateTrial p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms", flush=True)
-        ceiling = rows[("null", workers)]
-        for kind in ("stock", "ktcluster"):
-            r = rows[(kind, workers)]
-            print(f"  -> {kind} / ceiling at {workers}: throughput x{r['round_trips_per_s'] / ceiling['round_trips_per_s']:.2f}, "
-                  f"p99 x{r['p99_ms'] / ceiling['p99_ms']:.2f}", flush=True)
     growth_trials = 1000 if args.quick else 5000
-    growth = {}
-    for kind in ("stock", "ktcluster"):
-        r = throughput.median_of([throughput.run_one(kind, 8, growth_trials, timeout=900) for _ in range(args.repeats)])
-        growth[kind] = r
-        print(f"  growth {kind}: trials 100-600 at {r['rate_100_600']:.1f}/s, last 500 of {growth_trials} at "
-              f"{r['rate_last_500']:.1f}/s (x{r['rate_last_500'] / r['rate_100_600']:.2f})", flush=True)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        canned = f"{tmp}/trial.pb"
+        servers.canned_trial(canned)
+        for workers in (1, 8, 64):
+            for kind in ("null", "stock", "ktcluster"):
+                runs = [throughput.run_one(kind, workers, trials, canned) for _ in range(args.repeats)]
+                r = rows[(kind, workers)] = throughput.median_of(runs)
+                w = r["windows"]["all"]
+                print(f"  {kind:9s} {workers:3d} workers: {_fmt(w['rate'])} trials/s, server CPU "
+                      f"{_fmt(w['cpu_ms'], digits=2)} ms/trial, CreateTrial p50 {r['p50_ms']['median']:.2f} ms "
+                      f"p99 {r['p99_ms']['median']:.2f} ms", flush=True)
+            ceiling = rows[("null", workers)]
+            for kind in ("stock", "ktcluster"):
+                r = rows[(kind, workers)]
+                print(f"  -> {kind} / ceiling at {workers}: throughput x"
+                      f"{r['windows']['all']['rate']['median'] / ceiling['windows']['all']['rate']['median']:.2f}, "
+                      f"p99 x{r['p99_ms']['median'] / ceiling['p99_ms']['median']:.2f}", flush=True)
+        growth = {}
+        windows = {"early": (100, 600), "late": (growth_trials - 500, growth_trials)}
+        for kind in ("stock", "ktcluster"):
+            r = growth[kind] = throughput.median_of(
+                [throughput.run_one(kind, 8, growth_trials, canned, timeout=900, windows=windows)
+                 for _ in range(args.repeats)])
+            early, late = r["windows"]["early"], r["windows"]["late"]
+            print(f"  growth {kind}: trials 100-600 at {early['rate']['median']:.1f}/s "
+                  f"({early['cpu_ms']['median']:.2f} CPU ms/trial), last 500 of {growth_trials} at "
+                  f"{late['rate']['median']:.1f}/s ({late['cpu_ms']['median']:.2f} CPU ms/trial): "
+                  f"rate x{late['rate']['median'] / early['rate']['median']:.2f}, "
+                  f"CPU per trial x{late['cpu_ms']['median'] / early['cpu_ms']['median']:.2f}", flush=True)
     report["throughput"] = {f"{k}@{w}": v for (k, w), v in rows.items()}
     report["growth"] = growth
 
 
 def bench_bayesian(args, report):
     ms = throughput.bayesian_ms_per_trial((100, 500) if not args.quick else (50, 100))
-    for n, v in ms.items():
-        print(f"  Bayesian oracle: chief {v:.1f} ms per trial around trial {n}", flush=True)
+    for kind, by_n in ms.items():
+        for n, v in by_n.items():
+            print(f"  Bayesian oracle, {kind}: {v['gp_ms']:.1f} ms per trial around trial {n} "
+                  f"(random start-up trials before it: {v['random_ms']:.1f} ms)", flush=True)
     report["bayesian_ms_per_trial"] = ms
+
+
+def _efficiency(label, one, two, key):
+    t1, t2 = _median(one, key), _median(two, key)
+    print(f"  {label} {key}: 1 process {t1:.1f} s, 2 processes {t2:.1f} s -> T1/(2 T2) = {t1 / (2 * t2):.2f}",
+          flush=True)
+    return t1 / (2 * t2)
 
 
 def bench_scaling(args, report):
     trials, epochs = (6, 3) if args.quick else (12, 5)
     one = [cluster.ktcluster(1, trials, epochs) for _ in range(args.repeats)]
     two = [cluster.ktcluster(2, trials, epochs) for _ in range(args.repeats)]
+    plain_one = [cluster.plain(1, trials, epochs) for _ in range(args.repeats)]
+    plain_two = [cluster.plain(2, trials, epochs) for _ in range(args.repeats)]
+    out = {"trials": trials, "epochs": epochs, "one": one, "two": two, "plain_one": plain_one,
+           "plain_two": plain_two}
     for key in ("wall", "search"):
-        t1, t2 = _median(one, key), _median(two, key)
-        print(f"  {key}: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s -> efficiency T1/(2 T2) = {t1 / (2 * t2):.2f}",
-              flush=True)
-    report["scaling"] = {"one": one, "two": two, "trials": trials, "epochs": epochs}
+        out[f"ktcluster_{key}"] = _efficiency("ktcluster", one, two, key)
+        out[f"plain_{key}"] = _efficiency("no tuner (machine ceiling)", plain_one, plain_two, key)
+        print(f"  -> {key}: ktcluster's efficiency / the machine's = "
+              f"{out[f'ktcluster_{key}'] / out[f'plain_{key}']:.2f}", flush=True)
+    report["scaling"] = out
 
 
 def bench_optuna(args, report):
     trials, epochs = (6, 3) if args.quick else (12, 5)
-    ours = [cluster.ktcluster(2, trials, epochs) for _ in range(args.repeats)]
-    theirs = [cluster.optuna_run(2, trials, epochs) for _ in range(args.repeats)]
+    ours, theirs = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on the machine hits both alike
+        ours.append(cluster.ktcluster(2, trials, epochs))
+        theirs.append(cluster.optuna_run(2, trials, epochs))
     if theirs[0] is None:
         print("  optuna is not installed (pip install -r benchmarks/requirements.txt)")
         return
-    a, b = _median(ours, "wall"), _median(theirs, "wall")
-    print(f"  2 workers, {trials} trials x {epochs} epochs: ktcluster {a:.1f} s, Optuna {b:.1f} s "
-          f"-> ktcluster/Optuna = {a / b:.2f}", flush=True)
-    report["optuna"] = {"ktcluster": ours, "optuna": theirs, "trials": trials, "epochs": epochs}
+    ratios = {}
+    for key in ("wall", "search"):
+        a, b = _median(ours, key), _median(theirs, key)
+        ratios[key] = a / b
+        print(f"  2 workers, {trials} trials x {epochs} epochs, {key}: ktcluster {a:.1f} s, Optuna {b:.1f} s "
+              f"-> ktcluster/Optuna = {a / b:.2f}", flush=True)
+    report["optuna"] = {"ktcluster": ours, "optuna": theirs, "trials": trials, "epochs": epochs, "ratios": ratios}
 
 
 def bench_overhead(args, report):
-    r = cluster.overhead(10 if args.quick else 50)
-    share = r["outside_median"] / (r["fit_median"] + r["outside_median"])
-    rss = r["rss_mib"]
-    growth = (rss[max(rss)] / rss[min(rss)] - 1) if len(rss) > 1 else 0.0
-    print(f"  per trial: fit {r['fit_median'] * 1000:.0f} ms, outside fit {r['outside_median'] * 1000:.0f} ms "
-          f"({share:.1%} of a 1-epoch digits trial); RSS MiB {rss} (growth {growth:+.1%})", flush=True)
+    trials = 10 if args.quick else 50
+    r = cluster.overhead(trials)
+    for who, f in r.items():
+        fit, outside, rss = statistics.median(f["fit"]), statistics.median(f["outside"]), f["rss_mib"]
+        at = {n: rss[n - 1] for n in (1, 10, 50) if len(rss) >= n}
+        growth = rss[-1] / rss[0] - 1
+        print(f"  {who}: fit {fit * 1000:.0f} ms, outside fit {outside * 1000:.0f} ms "
+              f"({outside / (fit + outside):.1%} of a 1-epoch digits trial); outside fit over trials 2-10 "
+              f"{statistics.median(f['outside'][:9]) * 1000:.0f} ms, last 10 "
+              f"{statistics.median(f['outside'][-10:]) * 1000:.0f} ms; RSS MiB "
+              f"{', '.join(f'{n}: {v:.0f}' for n, v in at.items())} (growth {growth:+.1%})", flush=True)
     report["overhead"] = r
 
 

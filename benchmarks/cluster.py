@@ -1,8 +1,15 @@
-"""Real processes on loopback: scaling 1 -> 2 workers, versus Optuna, worker overhead, start-up."""
+"""Real processes on loopback: 1 -> 2 worker scaling, versus Optuna, worker overhead, start-up.
+
+Chief and workers are the real `python -m chief` / `python -m worker`, with the integration tests'
+process environment (tests/procs.py `cluster_env`: digits, KTC_TF_THREADS=1, one state dir per
+run) and a port the OS assigned (`free_port` binds port 0; the chief only accepts 1-65535).
+Every process is started here, waited for with a bound, and killed by PID if it overruns.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -22,16 +29,24 @@ def _env(tmp: str, **settings) -> dict:
     return cluster_env(pathlib.Path(tmp), free_port(), **{**defaults, **settings})
 
 
-def _run(procs: list[list[str]], envs: list[dict], timeout: float = 900) -> float:
-    """Start all, wait for all; wall seconds. Every process is stopped by PID on the way out."""
+def _run(procs: list[list[str]], envs: list[dict], logs: str, timeout: float = 600) -> tuple[float, list[str]]:
+    """Start all, wait for all (each within `timeout`); wall seconds and each one's stdout.
+    Every process is killed by PID on the way out if it is still running."""
     started = time.monotonic()
-    children = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for cmd, env in zip(procs, envs)]
+    children, paths = [], []
     try:
-        for child in children:
-            if child.wait(timeout=timeout) != 0:
-                raise RuntimeError(f"{child.args} exited {child.returncode}")
-        return time.monotonic() - started
+        for n, (cmd, env) in enumerate(zip(procs, envs)):
+            paths.append(os.path.join(logs, f"proc{n}.log"))
+            with open(paths[-1], "w") as log:
+                children.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = started + timeout
+        for child, path in zip(children, paths):
+            code = child.wait(timeout=max(deadline - time.monotonic(), 1))
+            if code != 0:
+                tail = pathlib.Path(path).read_text()[-2000:]
+                raise RuntimeError(f"{' '.join(child.args[1:3])} exited {code}:\n{tail}")
+        wall = time.monotonic() - started
+        return wall, [pathlib.Path(p).read_text() for p in paths]
     finally:
         for child in children:
             if child.poll() is None:
@@ -45,126 +60,81 @@ def _journal(tmp: str) -> list[dict]:
 
 
 def ktcluster(workers: int, trials: int, epochs: int) -> dict:
-    """Wall time (chief start -> chief exit) and search time (first start -> last result)."""
+    """Wall (chief and workers started together -> all exited) and search time (first trial start
+    -> last result, from the chief's journal)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(tmp, KTC_MAX_TRIALS=trials, KTC_EPOCHS=epochs)
         cmds = [[PY, "-m", "chief"]] + [[PY, "-m", "worker"]] * workers
         envs = [env] + [{**env, "KERASTUNER_TUNER_ID": f"worker-{n + 1}"} for n in range(workers)]
-        wall = _run(cmds, envs)
+        wall, _ = _run(cmds, envs, tmp)
         events = _journal(tmp)
     starts = [e["t"] for e in events if e["event"] == "start"]
-    ends = [e["t"] for e in events if e["event"] == "end"]
-    trial_seconds = [e["seconds"] for e in events if e["event"] == "end"]
-    return {"wall": wall, "search": max(ends) - min(starts), "trial_seconds": statistics.median(trial_seconds)}
+    ends = [e for e in events if e["event"] == "end"]
+    if len(ends) != trials or any(e["status"] != "COMPLETED" for e in ends):
+        raise RuntimeError(f"ktcluster run ended {len(ends)} of {trials} trials: {ends[-1:]}")
+    return {"wall": wall, "search": max(e["t"] for e in ends) - min(starts),
+            "trial_seconds": statistics.median(e["seconds"] for e in ends)}
 
 
-OPTUNA_WORKER = r'''
-import os, sys
-import optuna
-from benchmarks.models import fixed_cost
-from shared import data
-
-class HP:  # adapts Optuna's trial to the KerasTuner calls the model makes
-    def __init__(self, trial): self.trial = trial
-    def Choice(self, name, values): return self.trial.suggest_categorical(name, values)
-    def Float(self, name, low, high, sampling=None): return self.trial.suggest_float(name, low, high, log=sampling == "log")
-
-def objective(trial):
-    import tensorflow as tf
-    ds = data.load("digits", "")
-    model = fixed_cost(HP(trial))
-    history = model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_val, ds.y_val),
-                        epochs=int(os.environ["EPOCHS"]), verbose=0)
-    return max(history.history["val_accuracy"])
-
-import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
-storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(os.environ["JOURNAL"]))
-study = optuna.load_study(study_name="bench", storage=storage)
-study.optimize(objective, n_trials=int(os.environ["TRIALS"]))
-'''
+def plain(processes: int, trials: int, epochs: int) -> dict:
+    """The same fits with no tuner: `processes` side by side, `trials` split between them."""
+    per = [trials // processes + (1 if i < trials % processes else 0) for i in range(processes)]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = _env(tmp)
+        wall, outs = _run([[PY, "-m", "benchmarks.plain", str(n), str(epochs)] for n in per], [env] * processes, tmp)
+    spans = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    return {"wall": wall, "search": max(s["last_end"] for s in spans) - min(s["first_start"] for s in spans)}
 
 
 def optuna_run(workers: int, trials: int, epochs: int) -> dict | None:
-    """The same model, data and budget with Optuna: `workers` processes on one journal file."""
+    """The same model, data and budget with Optuna: `workers` processes on one JournalStorage file
+    (the budget split evenly between them, as trials cost the same)."""
     try:
         import optuna
     except ImportError:
         return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         journal = f"{tmp}/optuna.log"
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
         optuna.create_study(study_name="bench", storage=storage, direction="maximize")
         per = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
-        env = _env(tmp, JOURNAL=journal, EPOCHS=epochs)
-        wall = _run([[PY, "-c", OPTUNA_WORKER]] * workers, [{**env, "TRIALS": str(n)} for n in per])
-    return {"wall": wall}
+        env = _env(tmp)
+        wall, _ = _run([[PY, "-m", "benchmarks.optuna_worker", journal, str(n), str(epochs)] for n in per],
+                       [env] * workers, tmp)
+        done = optuna.load_study(study_name="bench", storage=storage).trials
+    if len(done) != trials or any(t.state != optuna.trial.TrialState.COMPLETE for t in done):
+        raise RuntimeError(f"Optuna run: {len(done)} of {trials} trials, states {[t.state.name for t in done]}")
+    search = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    return {"wall": wall, "search": search.total_seconds()}
 
 
-OVERHEAD_WORKER = r'''
-import json, os, sys, time
-from shared import config, data, hypermodels
-from worker import runner
-
-settings = config.load(role="worker")
-ds = data.load(settings.dataset, settings.data_dir)
-build = hypermodels.resolve(settings.model, ds)
-tuner = runner.ClusterTuner(settings, "worker-1", "CPU", build)
-fit_seconds, rss, trial_seconds = [], [], []
-real_fit = tuner.hypermodel.fit
-def timed_fit(hp, model, *args, **kwargs):
-    t = time.perf_counter()
-    try:
-        return real_fit(hp, model, *args, **kwargs)
-    finally:
-        fit_seconds.append(time.perf_counter() - t)
-tuner.hypermodel.fit = timed_fit
-real_begin, real_end = tuner.on_trial_begin, tuner.on_trial_end
-def begin(trial):
-    trial_seconds.append(-time.perf_counter()); real_begin(trial)
-def end(trial):
-    real_end(trial); trial_seconds[-1] += time.perf_counter()
-    rss.append(int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]))
-tuner.on_trial_begin, tuner.on_trial_end = begin, end
-import keras
-cycle = []
-t0 = time.perf_counter()
-tuner.oracle.register(claim_seconds=5)
-import gc
-gc.freeze()  # as worker.runner.run does
-real_create = tuner.oracle.create_trial
-def create(tuner_id):
-    t = time.perf_counter(); trial = real_create(tuner_id); cycle.append(time.perf_counter() - t); return trial
-tuner.oracle.create_trial = create
-tuner.search(ds.x_train, ds.y_train, validation_data=(ds.x_val, ds.y_val), epochs=settings.epochs,
-             callbacks=[keras.callbacks.TensorBoard(settings.project_log_dir)], verbose=0)
-tuner.oracle.close()
-print(json.dumps({"fit": fit_seconds, "trial": trial_seconds, "rss_kib": rss, "ask": cycle}))
-'''
+def _fit_log_figures(path: str) -> dict:
+    """Per trial: fit seconds, time outside fit (this fit's start to the next one's, minus the fit),
+    and RSS right after each fit."""
+    with open(path) as f:
+        fits = [json.loads(line) for line in f]
+    fit = [r["end"] - r["start"] for r in fits]
+    outside = [b["start"] - a["start"] - (a["end"] - a["start"]) for a, b in zip(fits, fits[1:])]
+    rss = [r["rss_kib"] / 1024 for r in fits]
+    return {"fit": fit, "outside": outside, "rss_mib": rss}
 
 
 def overhead(trials: int) -> dict:
-    """Per-trial worker time outside fit (ask, build, report, log) and RSS after 1, 10, 50 trials."""
+    """The real worker (python -m worker) against the real chief, 1-epoch digits trials, vs stock
+    KerasTuner alone in one process on the same model: time outside fit per trial, RSS per trial."""
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        env = _env(tmp, KTC_MAX_TRIALS=trials, KTC_EPOCHS=1)
-        chief = subprocess.Popen([PY, "-m", "chief"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        try:
-            out = subprocess.run([PY, "-c", OVERHEAD_WORKER], cwd=ROOT, env={**env, "KERASTUNER_TUNER_ID": "worker-1"},
-                                 capture_output=True, text=True, timeout=900, check=True).stdout
-            chief.wait(timeout=120)
-        finally:
-            if chief.poll() is None:
-                chief.kill()
-                chief.wait(timeout=30)
-    figures = json.loads(out.strip().splitlines()[-1])
-    outside = [t - f for t, f in zip(figures["trial"], figures["fit"])]
-    rss = figures["rss_kib"]
-    at = {n: rss[n - 1] / 1024 for n in (1, 10, 50) if len(rss) >= n}
-    return {"fit_median": statistics.median(figures["fit"][1:] or figures["fit"]),
-            "outside_median": statistics.median(outside[1:] or outside),
-            "rss_mib": at, "trials": len(rss)}
+        fit_log = f"{tmp}/fits.jsonl"
+        env = _env(tmp, KTC_MAX_TRIALS=trials, KTC_EPOCHS=1, KTC_MODEL="benchmarks.models:fixed_cost_timed")
+        worker_env = {**env, "KERASTUNER_TUNER_ID": "worker-1", "BENCH_FIT_LOG": fit_log}
+        _run([[PY, "-m", "chief"], [PY, "-m", "worker"]], [env, worker_env], tmp)
+        out["ktcluster"] = _fit_log_figures(fit_log)
+    with tempfile.TemporaryDirectory() as tmp:
+        fit_log = f"{tmp}/fits.jsonl"
+        _run([[PY, "-m", "benchmarks.stock_rss", str(trials), fit_log]], [_env(tmp)], tmp)
+        out["stock"] = _fit_log_figures(fit_log)
+    return out
 
 
 def startup() -> dict:
@@ -172,13 +142,14 @@ def startup() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(tmp, KTC_MAX_TRIALS=1, KTC_EPOCHS=1)
         t0 = time.time()
-        _run([[PY, "-m", "chief"], [PY, "-m", "worker"]], [env, {**env, "KERASTUNER_TUNER_ID": "worker-1"}])
+        _run([[PY, "-m", "chief"], [PY, "-m", "worker"]], [env, {**env, "KERASTUNER_TUNER_ID": "worker-1"}], tmp)
         first = min(e["t"] for e in _journal(tmp) if e["event"] == "start")
     return {"to_first_trial": first - t0}
 
 
 def startup_docker(repeats: int) -> dict | None:
-    """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker."""
+    """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker.
+    Opt-in (`--only docker`): needs a running Docker engine with Compose v2."""
     from tests.e2e.compose import docker_available, new_stack
     from tests.procs import wait_until
 

@@ -1,42 +1,77 @@
-"""`python -m benchmarks.servers KIND PORT MAX_TRIALS STATE_DIR`: one chief for the throughput benchmark.
+"""`python -m benchmarks.servers KIND MAX_TRIALS STATE_DIR [CANNED_TRIAL_FILE]`: one server for the
+throughput benchmark, on a port the OS picks (it binds port 0 and prints `READY <port>` once serving).
 
-KIND: stock (KerasTuner's own `oracle_chief.start_server`), ktcluster (the chief's coordinator and
-server, without dataset/model start-up), null (same protocol, no work: the ceiling for Python gRPC
-here). Same oracle type and search space for the first two. Prints READY when serving.
+KIND:
+- stock: KerasTuner's own chief, `keras_tuner.src.distribute.oracle_chief.start_server(oracle)`,
+  unchanged (its one-thread gRPC pool, its oracle with the stock `save`);
+- ktcluster: what `python -m chief` serves (chief.server.bind + chief.coordinator.Coordinator +
+  chief.server.serve), without the dataset and model start-up;
+- null: the same Oracle service doing no work (a canned RUNNING trial, empty replies): the ceiling
+  for Python gRPC on this machine. It imports neither KerasTuner nor TensorFlow.
+Same oracle type (RandomSearch) and search space for stock and ktcluster.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 
 
-def space_oracle(max_trials: int, state_dir: str, kind: str = "random"):
+def light_protos():
+    """KerasTuner's generated protos (`keras_tuner.src.protos`) without running keras_tuner's
+    package __init__, which imports Keras and TensorFlow: simulated workers and the null server
+    then cost what a gRPC client/server costs, not a TensorFlow runtime per process."""
+    import importlib.util
+    import types
+
+    if "keras_tuner" not in sys.modules:
+        root = os.path.dirname(importlib.util.find_spec("keras_tuner").origin)
+        for name, path in (("keras_tuner", root), ("keras_tuner.src", os.path.join(root, "src"))):
+            package = types.ModuleType(name)
+            package.__path__ = [path]
+            sys.modules[name] = package
+    from keras_tuner.src import protos
+
+    return protos
+
+
+def space_oracle(max_trials: int, state_dir: str, kind: str = "random", **kwargs):
+    """The benchmark's oracle: RandomSearch (or Bayesian) on a simple space, max val_accuracy."""
     import keras_tuner as kt
 
     cls = kt.oracles.BayesianOptimizationOracle if kind == "bayesian" else kt.oracles.RandomSearchOracle
-    oracle = cls(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=1)
+    oracle = cls(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=1, **kwargs)
     oracle._set_project_dir(state_dir, "bench")
     oracle.verbose = 0
     hp = oracle.get_space()
-    hp.Int("units", 1, 10**6)
-    hp.Float("lr", 1e-4, 1e-1, sampling="log")
-    hp.Choice("kind", ["a", "b", "c"])
+    hp.Int("x", 0, 10**9)
+    hp.Float("y", 0.0, 1.0)
     oracle.update_space(hp)
     return oracle
 
 
-def serve_null(port: int) -> None:
-    import grpc
+def canned_trial(path: str) -> None:
+    """Write a real RUNNING trial of the benchmark's space (as the stock oracle makes it), serialized,
+    for the null server to answer with: same message sizes as the real servers."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        oracle = space_oracle(10, tmp)
+        trial = oracle.create_trial("sim-0")
+    with open(path, "wb") as f:
+        f.write(trial.to_proto().SerializeToString())
+
+
+def serve_null(canned_path: str) -> None:
     from concurrent import futures
 
-    from keras_tuner.src import protos
-    from keras_tuner.src.engine import trial as trial_module
+    import grpc
 
+    protos = light_protos()
     service, service_grpc = protos.get_service(), protos.get_service_grpc()
-    oracle = space_oracle(10, os.environ.get("TMPDIR", "/tmp"))
-    canned = trial_module.Trial(oracle.get_space(), trial_id="0", status="RUNNING").to_proto()
+    canned = protos.get_proto().Trial()
+    with open(canned_path, "rb") as f:
+        canned.ParseFromString(f.read())
 
     class Null(service_grpc.OracleServicer):
         def CreateTrial(self, request, context):
@@ -48,36 +83,68 @@ def serve_null(port: int) -> None:
         def EndTrial(self, request, context):
             return service.EndTrialResponse()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # ktcluster's pool size
     service_grpc.add_OracleServicer_to_server(Null(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    print("READY", flush=True)
+    print(f"READY {port}", flush=True)
     server.wait_for_termination()
 
 
-def main(kind: str, port: int, max_trials: int, state_dir: str) -> None:
-    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    if kind == "null":
-        return serve_null(port)
-    oracle = space_oracle(max_trials, state_dir)
-    if kind == "stock":
-        from keras_tuner.src.distribute import oracle_chief
+def serve_stock(max_trials: int, state_dir: str) -> None:
+    """Stock `start_server`, which binds KERASTUNER_ORACLE_PORT and never says which port it got:
+    with port 0 the OS picks one, and a wrapper around `grpc.server` reports it once serving."""
+    import grpc
+    from keras_tuner.src.distribute import oracle_chief
 
-        os.environ.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
-                          KERASTUNER_TUNER_ID="chief")
-        threading.Timer(0.5, lambda: print("READY", flush=True)).start()
-        return oracle_chief.start_server(oracle)
+    oracle = space_oracle(max_trials, state_dir)
+    real_server = grpc.server
+
+    def reporting_server(*args, **kwargs):
+        server = real_server(*args, **kwargs)
+        bound, real_add, real_start = [], server.add_insecure_port, server.start
+
+        def add_insecure_port(address):
+            bound.append(real_add(address))
+            return bound[-1]
+
+        def start():
+            real_start()
+            print(f"READY {bound[-1]}", flush=True)
+
+        server.add_insecure_port, server.start = add_insecure_port, start
+        return server
+
+    oracle_chief.grpc.server = reporting_server
+    os.environ.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT="0", KERASTUNER_TUNER_ID="chief")
+    oracle_chief.start_server(oracle)
+
+
+def serve_ktcluster(max_trials: int, state_dir: str) -> None:
+    """As chief/__main__.py's `run`, minus dataset, model, progress logging and results."""
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
-    server, _ = bind(f"127.0.0.1:{port}")
+    server, port = bind("127.0.0.1:0")
+    oracle = space_oracle(max_trials, state_dir)
     coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
     coordinator.save_state()
     serve(server, coordinator)
-    print("READY", flush=True)
+    print(f"READY {port}", flush=True)
     server.wait_for_termination()
 
 
+def main(kind: str, max_trials: int, state_dir: str, canned_path: str = "") -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    if kind == "null":
+        serve_null(canned_path)
+    elif kind == "stock":
+        serve_stock(max_trials, state_dir)
+    elif kind == "ktcluster":
+        serve_ktcluster(max_trials, state_dir)
+    else:
+        raise SystemExit(f"unknown server kind {kind!r}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:])

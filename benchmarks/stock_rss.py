@@ -1,46 +1,36 @@
-"""`python -m benchmarks.stock_rss`: stock KerasTuner alone, one process, no ktcluster.
+"""`python -m benchmarks.stock_rss TRIALS FIT_LOG`: stock KerasTuner alone, one process, no ktcluster.
 
-RSS after 1, 10 and 50 one-epoch trials of the overhead benchmark's model and data: the baseline
-that shows the worker's memory growth comes from KerasTuner/Keras/TensorFlow, not from ktcluster.
+The baseline for the worker-overhead benchmark: `kt.RandomSearch` on the same model
+(benchmarks.models:fixed_cost_timed, which logs every fit to FIT_LOG), the same data (digits), one
+epoch per trial, a TensorBoard callback, one TensorFlow thread, as a ktcluster worker trains. Time
+outside fit and RSS per trial are then computed from FIT_LOG exactly as for the ktcluster worker.
 """
 
+import os
+import sys
 import tempfile
-import time
-
-import keras
-import keras_tuner as kt
-import tensorflow as tf
-
-from benchmarks.models import fixed_cost
-from shared import data
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+def main(trials: int, fit_log: str) -> None:
+    os.environ["BENCH_FIT_LOG"] = fit_log
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        os.environ.pop(name, None)  # one process, no chief
+    import keras
+    import keras_tuner as kt
+    import tensorflow as tf
 
+    from benchmarks.models import fixed_cost_timed
+    from shared import data
 
-def main(trials: int = 50) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     ds = data.load("digits", "")
-    rss = []
-
-    class Measured(kt.RandomSearch):
-        def on_trial_end(self, trial):
-            super().on_trial_end(trial)
-            rss.append(rss_mib())
-
     with tempfile.TemporaryDirectory() as tmp:
-        tuner = Measured(fixed_cost, objective="val_accuracy", max_trials=trials, directory=tmp, project_name="p",
-                         seed=1)
-        started = time.monotonic()
+        tuner = kt.RandomSearch(fixed_cost_timed, objective="val_accuracy", max_trials=trials, directory=tmp,
+                                project_name="p", seed=1)
         tuner.search(ds.x_train, ds.y_train, validation_data=(ds.x_val, ds.y_val), epochs=1, verbose=0,
                      callbacks=[keras.callbacks.TensorBoard(f"{tmp}/logs")])
-        seconds = time.monotonic() - started
-    print(f"stock KerasTuner RSS MiB after 1/10/{trials} trials: {rss[0]:.0f} / {rss[9]:.0f} / {rss[-1]:.0f} "
-          f"(growth {rss[-1] / rss[0] - 1:+.0%}); {seconds / trials:.2f} s per trial")
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]), sys.argv[2])

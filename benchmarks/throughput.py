@@ -1,16 +1,24 @@
 """Chief throughput: simulated workers (no training) over real gRPC against three servers.
 
-Each simulated worker loops CreateTrial -> UpdateTrial -> EndTrial. Workers are threads spread
-over several client processes (one channel each) so the clients are not the bottleneck; the
-same harness drives every server, so their ratios are fair even on a small machine.
+Each simulated worker is a thread with its own gRPC channel (own connection, as a real worker has)
+looping CreateTrial -> UpdateTrial(val_accuracy) -> EndTrial(COMPLETED) until the server says
+STOPPED (stock, ktcluster) or the run's budget is spent (null). The threads are spread over up to
+4 client processes (`spawn`), which load only the generated protos (no TensorFlow), so the clients
+are not the bottleneck and the same harness drives every server.
+
+Measured per run: steady-state round trips per second (first to last EndTrial), CreateTrial
+latency p50/p99 (scheduling latency as a worker sees it), and the server's CPU milliseconds per
+trial (from /proc/<pid>/stat, sampled every 50 ms): the chief's own cost, which does not depend on
+how the 2 cores are shared with the clients.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue
-import signal
+import select
 import statistics
 import subprocess
 import sys
@@ -18,22 +26,28 @@ import tempfile
 import threading
 import time
 
-from tests.procs import ROOT, free_port
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENT_PROCESSES = 4
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _client(port: int, threads: int, proc_index: int, budget: int, deadline: float, out) -> None:
-    """One client process: `threads` workers until STOPPED, `budget` trials or the deadline."""
+def _client(port: int, threads: int, proc_index: int, budget: int, deadline: float, ready, go, out) -> None:
+    """One client process: `threads` simulated workers, until STOPPED, `budget` trials or the deadline."""
     import grpc
-    from keras_tuner.src import protos
 
-    service = protos.get_service()
-    running, completed = _status_codes()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = protos.get_service_grpc().OracleStub(channel)
+    from benchmarks.servers import light_protos
+
+    protos = light_protos()
+    service, status = protos.get_service(), protos.get_proto().TrialStatus
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(threads)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    stubs = [protos.get_service_grpc().OracleStub(c) for c in channels]
     latencies, ends, lock = [], [], threading.Lock()
 
     def work(n: int) -> None:
-        tuner_id = f"sim-{proc_index}-{n}"
+        stub, tuner_id = stubs[n], f"sim-{proc_index}-{n}"
         while time.monotonic() < deadline:
             with lock:
                 if len(ends) >= budget:
@@ -41,123 +55,198 @@ def _client(port: int, threads: int, proc_index: int, budget: int, deadline: flo
             t0 = time.perf_counter()
             trial = stub.CreateTrial(service.CreateTrialRequest(tuner_id=tuner_id), timeout=60).trial
             t1 = time.perf_counter()
-            if trial.status != running:  # STOPPED (or IDLE): this simulated worker is done
+            if trial.status != status.RUNNING:  # STOPPED: the search is over for this worker
                 return
             stub.UpdateTrial(service.UpdateTrialRequest(trial_id=trial.trial_id,
                                                         metrics={"val_accuracy": 0.5}, step=0), timeout=60)
-            trial.status = completed
+            trial.status = status.COMPLETED
             stub.EndTrial(service.EndTrialRequest(trial=trial), timeout=60)
             with lock:
                 latencies.append(t1 - t0)
-                ends.append(time.monotonic())
+                ends.append(time.monotonic())  # CLOCK_MONOTONIC: one clock for every process
 
     workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    ready.release()
+    go.wait(60)
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    channel.close()
+    for channel in channels:
+        channel.close()
     out.put((latencies, ends))
 
 
-def _status_codes():
-    from keras_tuner.src import protos
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
-    status = protos.get_proto().TrialStatus
-    return status.RUNNING, status.COMPLETED
+
+class CpuSampler(threading.Thread):
+    """(monotonic time, CPU seconds) of one process every `interval`; `at(t)` interpolates."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.samples, self._stop_event = pid, interval, [], threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.samples.append((time.monotonic(), _cpu_seconds(self.pid)))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def at(self, t: float) -> float:
+        s = self.samples
+        for (t0, c0), (t1, c1) in zip(s, s[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
+        return s[-1][1] if t > s[-1][0] else s[0][1]
 
 
-def run_one(kind: str, workers: int, trials: int, processes: int | None = None, timeout: float = 300) -> dict:
-    """Start a `kind` server, drive it with `workers` simulated workers, return the figures."""
-    processes = processes or min(workers, 4)
-    port = free_port()
+def _readline(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().strip() if ready else ""
+
+
+def run_one(kind: str, workers: int, trials: int, canned: str, timeout: float = 300,
+            windows: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Start a `kind` server, drive it with `workers` simulated workers for `trials` trials.
+
+    `windows` names trial ranges [a, b) (by order of completion) to report rate and server CPU
+    per trial over; "all" (every trial) is always reported.
+    """
+    processes = min(workers, CLIENT_PROCESSES)
     with tempfile.TemporaryDirectory() as state:
-        server = subprocess.Popen([sys.executable, "-m", "benchmarks.servers", kind, str(port), str(trials), state],
+        server = subprocess.Popen([sys.executable, "-m", "benchmarks.servers", kind, str(trials), state, canned],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                  env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                                  start_new_session=True)
+                                  env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        clients = []
         try:
-            ready = server.stdout.readline().strip()
-            if ready != "READY":
-                raise RuntimeError(f"{kind} server did not start")
+            line = _readline(server.stdout, 120)
+            if not line.startswith("READY "):
+                raise RuntimeError(f"{kind} server did not start (got {line!r})")
+            port = int(line.split()[1])
             ctx = mp.get_context("spawn")
-            out = ctx.Queue()
+            out, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
             deadline = time.monotonic() + timeout
             per = [workers // processes + (1 if i < workers % processes else 0) for i in range(processes)]
-            budget = trials  # the null server never says STOPPED: the budget stops its clients
-            started = time.monotonic()
-            clients = [ctx.Process(target=_client, args=(port, n, i, budget // processes + 1, deadline, out))
-                       for i, n in enumerate(per) if n]
+            budget = math.ceil(trials / processes)  # stops the null server's clients; the others say STOPPED
+            clients = [ctx.Process(target=_client, args=(port, n, i, budget, deadline, ready, go, out))
+                       for i, n in enumerate(per)]
             for c in clients:
                 c.start()
+            for _ in clients:
+                if not ready.acquire(timeout=60):
+                    raise RuntimeError(f"{kind}: client processes did not connect")
+            sampler = CpuSampler(server.pid)
+            sampler.start()
+            go.set()
             results = []
             while len(results) < len(clients):
                 try:
                     results.append(out.get(timeout=1))
                 except queue.Empty:
-                    if time.monotonic() > deadline + 60 or not any(c.is_alive() for c in clients) and out.empty():
+                    if time.monotonic() > deadline + 60 or (not any(c.is_alive() for c in clients) and out.empty()):
                         raise RuntimeError(f"{kind}: client processes died or overran") from None
-            for c in clients:
-                c.join(timeout=30)
-            wall = time.monotonic() - started
+            sampler.stop()
         finally:
-            os.killpg(server.pid, signal.SIGKILL)
+            for c in clients:
+                if c.pid is None:  # never started
+                    continue
+                c.join(timeout=30)
+                if c.is_alive():
+                    c.kill()
+                    c.join(timeout=10)
+            server.kill()
             server.wait(timeout=30)
+            server.stdout.close()
     latencies = sorted(x for lat, _ in results for x in lat)
     ends = sorted(x for _, e in results for x in e)
     done = len(ends)
 
-    def rate(a, b):
-        window = ends[a:b]
-        return (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else None
+    def window(a: int, b: int) -> dict:
+        a, b = max(a, 0), min(b, done)
+        if b - a < 2 or ends[b - 1] <= ends[a]:
+            return {"rate": None, "cpu_ms": None}
+        n = b - 1 - a
+        return {"rate": n / (ends[b - 1] - ends[a]),
+                "cpu_ms": 1000 * (sampler.at(ends[b - 1]) - sampler.at(ends[a])) / n}
 
-    return {
-        "server": kind, "workers": workers, "trials": done, "seconds": wall,
-        "round_trips_per_s": rate(0, done) or 0.0,  # steady state: first to last result
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
-        "rate_100_600": rate(100, 600), "rate_last_500": rate(max(done - 500, 0), done),
-    }
+    def pct(q: float) -> float | None:
+        return 1000 * latencies[max(math.ceil(q * len(latencies)) - 1, 0)] if latencies else None
+
+    spans = {"all": window(0, done)}
+    spans.update({name: window(a, b) for name, (a, b) in (windows or {}).items()})
+    return {"server": kind, "workers": workers, "trials": done, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "windows": spans}
 
 
 def median_of(runs: list[dict]) -> dict:
-    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float)) and k not in ("workers",)]
-    merged = dict(runs[0])
-    for k in keys:
-        values = [r[k] for r in runs if r[k] is not None]
-        merged[k] = statistics.median(values) if values else None
-    merged["spread"] = {k: (min(r[k] for r in runs), max(r[k] for r in runs))
-                        for k in ("round_trips_per_s", "p99_ms") if all(r[k] is not None for r in runs)}
-    merged["repeats"] = len(runs)
+    """Median of each figure over repeated runs, with (min, max) of each."""
+    def values(get):
+        return [v for v in (get(r) for r in runs) if v is not None]
+
+    def summary(get):
+        v = values(get)
+        return {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
+
+    merged = {"server": runs[0]["server"], "workers": runs[0]["workers"], "repeats": len(runs),
+              "trials": summary(lambda r: r["trials"]), "p50_ms": summary(lambda r: r["p50_ms"]),
+              "p99_ms": summary(lambda r: r["p99_ms"]), "windows": {}}
+    for name in runs[0]["windows"]:
+        merged["windows"][name] = {k: summary(lambda r, k=k, name=name: r["windows"][name][k])
+                                   for k in ("rate", "cpu_ms")}
     return merged
 
 
-def bayesian_ms_per_trial(checkpoints=(100, 500)) -> dict:
-    """The chief's own cost per trial with the Bayesian oracle (in process, no gRPC), around each checkpoint."""
+def bayesian_ms_per_trial(checkpoints=(100, 500), window: int = 10) -> dict:
+    """The chief's own cost per trial with the Bayesian oracle (in process, no gRPC) at each checkpoint.
+
+    KerasTuner refits its Gaussian process on every completed trial before each new one, so the
+    cost of trial N depends on N, not on how the earlier N trials were chosen. To reach trial 500
+    without paying for 490 Gaussian-process fits first, the oracle is built with
+    num_initial_points = N - window: trials before that are random (cheap), the last `window`
+    trials are proposed by the Gaussian process fitted on N - window .. N - 1 trials; the median of
+    those is reported. Both ktcluster's coordinator and the bare stock oracle are measured.
+    """
+    import random
     import warnings
 
     from benchmarks.servers import space_oracle
     from chief.coordinator import Coordinator
 
-    warnings.filterwarnings("ignore", module="sklearn")  # the GP's convergence warnings, once per trial
-    out = {}
-    with tempfile.TemporaryDirectory() as state:
-        oracle = space_oracle(max(checkpoints) + 10, state, kind="bayesian")
-        c = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
-        c.register("w", "i")
-        times = []
-        import random
-
-        rng = random.Random(0)
-        for n in range(max(checkpoints)):
-            t0 = time.perf_counter()
-            trial, _ = c.create_trial("w", "i")
-            c.update_trial(trial.trial_id, {"val_accuracy": rng.random()}, worker="w")
-            trial.status = "COMPLETED"
-            c.end_trial(trial, "w", "i")
-            times.append(time.perf_counter() - t0)
-        c.close()
-    for k in checkpoints:
-        window = times[max(k - 10, 0):k]
-        out[k] = 1000 * statistics.median(window)
+    warnings.filterwarnings("ignore")  # the GP's convergence warnings, once per trial
+    out = {"ktcluster": {}, "stock": {}}
+    for n in checkpoints:
+        for kind in ("ktcluster", "stock"):
+            with tempfile.TemporaryDirectory() as state:
+                oracle = space_oracle(n + 1, state, kind="bayesian", num_initial_points=n - window)
+                if kind == "ktcluster":
+                    c = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
+                    c.register("w", "i")
+                    create = lambda: c.create_trial("w", "i")[0]  # noqa: E731
+                    update = lambda t, m: c.update_trial(t, m, worker="w")  # noqa: E731
+                    end = lambda t: c.end_trial(t, "w", "i")  # noqa: E731
+                else:
+                    c = None
+                    create, update, end = (lambda: oracle.create_trial("w")), oracle.update_trial, oracle.end_trial
+                rng, times = random.Random(0), []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    trial = create()
+                    update(trial.trial_id, {"val_accuracy": rng.random()})
+                    trial.status = "COMPLETED"
+                    end(trial)
+                    times.append(time.perf_counter() - t0)
+                if c is not None:
+                    c.close()
+            out[kind][n] = {"gp_ms": 1000 * statistics.median(times[n - window:]),
+                            "random_ms": 1000 * statistics.median(times[max(n - window - 50, 0):n - window])}
     return out
