@@ -91,6 +91,38 @@ def serve_null(canned_path: str) -> None:
     server.wait_for_termination()
 
 
+def serve_null_aio(canned_path: str) -> None:
+    import asyncio
+
+    import grpc
+
+    protos = light_protos()
+    service, service_grpc = protos.get_service(), protos.get_service_grpc()
+    canned = protos.get_proto().Trial()
+    with open(canned_path, "rb") as f:
+        canned.ParseFromString(f.read())
+
+    class Null(service_grpc.OracleServicer):
+        async def CreateTrial(self, request, context):
+            return service.CreateTrialResponse(trial=canned)
+
+        async def UpdateTrial(self, request, context):
+            return service.UpdateTrialResponse(trial=canned)
+
+        async def EndTrial(self, request, context):
+            return service.EndTrialResponse()
+
+    async def main():
+        server = grpc.aio.server()
+        service_grpc.add_OracleServicer_to_server(Null(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"READY {port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
 def serve_stock(max_trials: int, state_dir: str) -> None:
     """Stock `start_server`, which binds KERASTUNER_ORACLE_PORT and never says which port it got:
     with port 0 the OS picks one, and a wrapper around `grpc.server` reports it once serving."""
@@ -125,7 +157,7 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
-    server, port = bind("127.0.0.1:0")
+    server, port = bind("127.0.0.1:0", max_workers=int(os.environ.get("BENCH_POOL", "2")))
     oracle = space_oracle(max_trials, state_dir)
     coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
     coordinator.save_state()
@@ -138,6 +170,8 @@ def main(kind: str, max_trials: int, state_dir: str, canned_path: str = "") -> N
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     if kind == "null":
         serve_null(canned_path)
+    elif kind == "null-aio":
+        serve_null_aio(canned_path)
     elif kind == "stock":
         serve_stock(max_trials, state_dir)
     elif kind == "ktcluster":

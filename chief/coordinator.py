@@ -44,24 +44,29 @@ def short_message(message: str | None) -> str:
 
 
 class StateWriter:
-    """Writes the oracle's whole state file (O(trials) to encode) behind the hot path.
+    """Writes KerasTuner's state files (trial.json per trial, oracle.json) behind the hot path.
 
-    Every acknowledged change is already durable before the reply, in O(1)
-    writes: the trial's own trial.json and a journal line. So oracle.json may
-    lag (at most one write per `interval`, coalescing bursts) and `load_project`
-    rebuilds the bookkeeping from those files. Oracles whose own extra state
-    moves with every trial (Hyperband's brackets, GridSearch's order) are
-    saved synchronously, as stock does.
+    Every acknowledged change is already durable before the reply, as one
+    journal append (chief.journal): on this project's machines creating a file
+    costs ~500x an append, and oracle.json is O(trials) to encode. The files
+    are KerasTuner's view of the project (its tools, `tuner.reload()`), so they
+    are written here, coalesced, when the chief is quiet (`quiet` seconds with
+    no change) and at the latest `max_lag` seconds after a change: trial files
+    first, then the oracle.json that names them. `load_project` rebuilds
+    whatever they lack from the journal. Oracles whose own extra state moves
+    with every trial (Hyperband's brackets, GridSearch's order) are saved
+    synchronously, as stock does.
     """
 
-    def __init__(self, oracle, lock: threading.Lock, fsync: bool = False, interval: float = 0.5):
-        self.oracle, self._lock, self.fsync, self.interval = oracle, lock, fsync, interval
+    def __init__(self, oracle, lock: threading.Lock, fsync: bool = False, quiet: float = 0.25,
+                 max_lag: float = 30.0):
+        self.oracle, self._lock, self.fsync, self.quiet, self.max_lag = oracle, lock, fsync, quiet, max_lag
         import keras_tuner as kt
 
         self.behind = isinstance(oracle, (kt.oracles.RandomSearchOracle, kt.oracles.BayesianOptimizationOracle))
+        self._trials: dict[str, dict] = {}  # trial id -> latest state not yet in its trial.json
         self._dirty, self._closing = threading.Event(), threading.Event()
         self._writing = threading.Lock()  # one write at a time, so an older state never lands last
-        self._staged = threading.local()
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         if self.behind:
             self._thread.start()
@@ -71,51 +76,52 @@ class StateWriter:
         return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
                 for k, v in self.oracle.get_state().items()}
 
-    def trial_file(self, path: str, text: str) -> None:
-        """A trial.json write: staged while a call holds the lock (see `staging`), else done now."""
-        staged = getattr(self._staged, "writes", None)
-        if staged is None:
-            write_text_atomic(path, text, fsync=self.fsync)
+    def _trial_path(self, trial_id: str) -> str:
+        return os.path.join(self.oracle._get_trial_dir(trial_id), "trial.json")
+
+    def trial_changed(self, state: dict) -> None:
+        """A trial's new state, already journaled (called with the lock held)."""
+        if self.behind:
+            self._trials[state["trial_id"]] = state
+            self._dirty.set()
         else:
-            staged[path] = text
-
-    @contextlib.contextmanager
-    def staging(self):
-        """Writes a call stages are done after it releases the lock and before it replies:
-        other workers' calls proceed meanwhile, and nothing is acknowledged before it is written.
-        (A trial's writes are causally ordered: its worker sends the next call only after this reply.)"""
-        self._staged.writes = {}
-        try:
-            yield
-        finally:
-            writes, self._staged.writes = self._staged.writes, None
-            for path, text in writes.items():
-                write_text_atomic(path, text, fsync=self.fsync)
-
-    def _write(self, state: dict) -> None:
-        write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
+            write_text_atomic(self._trial_path(state["trial_id"]), json.dumps(state), fsync=self.fsync)
 
     def save(self) -> None:
         """The oracle's `save` (called with the lock held)."""
         if self.behind:
             self._dirty.set()
         else:
-            self._write(self._state())
+            write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(self._state()), fsync=self.fsync)
 
     def flush(self) -> None:
         with self._writing:
             with self._lock:
-                state = self._state()
-            self._write(state)
+                state, trials, self._trials = self._state(), self._trials, {}
+            try:
+                for trial_id, trial_state in trials.items():
+                    write_text_atomic(self._trial_path(trial_id), json.dumps(trial_state), fsync=self.fsync)
+                write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
+            except BaseException:
+                with self._lock:  # keep what was not written (unless a newer state came meanwhile)
+                    self._trials = {**trials, **self._trials}
+                raise
 
     def _run(self) -> None:
         while True:
             self._dirty.wait()
-            if self._closing.is_set():
-                return
-            self._dirty.clear()
-            self.flush()
-            self._closing.wait(self.interval)
+            first_change = time.monotonic()
+            while True:  # wait for a quiet moment (or the longest lag allowed)
+                self._dirty.clear()
+                if self._closing.wait(self.quiet):
+                    return  # close() writes what is left
+                if not self._dirty.is_set() or time.monotonic() - first_change >= self.max_lag:
+                    break
+            try:
+                self.flush()
+            except OSError as exc:  # the journal holds it all; try again at the next quiet moment
+                log.error("writing the state files failed (will retry): %s", exc)
+                self._dirty.set()
 
     def close(self) -> None:
         self._closing.set()
@@ -141,9 +147,10 @@ def _check_consecutive_failures(oracle):
     return check
 
 
-def harden(oracle, writer: StateWriter) -> None:
-    """Atomic state files (write + rename), the state file written behind, an O(1) failure check,
-    and trial folders made once (stock asks TensorFlow's gfile to create them on every call)."""
+def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
+    """Trial states journaled (one append) and their files written behind, atomic state files
+    (write + rename), an O(1) failure check, and trial folders made once (stock asks
+    TensorFlow's gfile to create them on every call)."""
     project_dir = oracle._project_dir
     made: set[str] = set()
 
@@ -155,7 +162,9 @@ def harden(oracle, writer: StateWriter) -> None:
         return path
 
     def save_trial(trial):
-        writer.trial_file(os.path.join(trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
+        state = trial.get_state()
+        journal.record_trial(state)
+        writer.trial_changed(state)
 
     oracle.save = writer.save
     oracle._get_trial_dir = trial_dir
@@ -163,11 +172,12 @@ def harden(oracle, writer: StateWriter) -> None:
     oracle._check_consecutive_failures = _check_consecutive_failures(oracle)
 
 
-def load_project(oracle, runs: dict[str, dict]) -> dict[str, str]:
-    """Reload a saved project; return the trials that were running, by worker.
+def load_project(oracle, journal: RunJournal) -> tuple[dict[str, str], list[str]]:
+    """Reload a saved project; return the trials that were running, by worker, and the
+    trials whose files lagged behind the journal (to be rewritten).
 
-    The journal and the trial files (written before every reply) are the
-    truth; oracle.json may lag behind them (see StateWriter) and stock
+    The journal (appended before every reply) is the truth; the trial files
+    and oracle.json may lag behind it (see StateWriter) and stock
     `reload` re-queues every trial it lists as ongoing, including ones that had
     already finished (`end_trial` saves before it un-lists them): that is how a
     stock chief re-ran finished trials. Here:
@@ -178,8 +188,14 @@ def load_project(oracle, runs: dict[str, dict]) -> dict[str, str]:
     - finished trials are never re-queued.
     """
     if not os.path.exists(oracle._get_oracle_fname()):
-        return {}
+        return {}, []
     oracle.reload()
+    runs, stale = journal.runs, []
+    for trial_id, state in journal.states.items():
+        known = oracle.trials.get(trial_id)
+        if known is None or known.get_state() != state:
+            oracle.trials[trial_id] = trial_module.Trial.from_state(state)
+            stale.append(trial_id)
     oracle.ongoing_trials, queue, restored = {}, [], {}
     for trial_id, trial in oracle.trials.items():
         run = runs.get(trial_id)
@@ -206,7 +222,7 @@ def load_project(oracle, runs: dict[str, dict]) -> dict[str, str]:
             digest = oracle._compute_values_hash(trial.hyperparameters.values)
             oracle._id_to_hash[trial_id] = digest
             oracle._tried_so_far.add(digest)
-    return restored
+    return restored, stale
 
 
 class Coordinator:
@@ -215,12 +231,15 @@ class Coordinator:
     def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
                  on_event=lambda coordinator: None, clock=time.monotonic, fsync: bool = False):
         self._lock = threading.Lock()
-        self.writer = StateWriter(oracle, self._lock, fsync=fsync)
-        harden(oracle, self.writer)
         self.oracle = oracle
         self.project_dir = oracle._project_dir
         self.journal = RunJournal(self.project_dir, fsync=fsync)
-        restored = load_project(oracle, self.journal.runs)
+        self.writer = StateWriter(oracle, self._lock, fsync=fsync)
+        harden(oracle, self.writer, self.journal)
+        restored, stale = load_project(oracle, self.journal)
+        with self._lock:
+            for trial_id in stale:
+                self.writer.trial_changed(oracle.trials[trial_id].get_state())
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
         for worker, trial_id in restored.items():
@@ -241,9 +260,8 @@ class Coordinator:
 
     @contextlib.contextmanager
     def _locked(self):
-        """Serialise oracle calls; if the oracle raises, release its own lock too.
-        Trial files the call writes are written after the lock is released, before the reply."""
-        with self.writer.staging(), self._lock:
+        """Serialise oracle calls; if the oracle raises, release its own lock too."""
+        with self._lock:
             try:
                 yield self.oracle
             except BaseException:

@@ -9,6 +9,7 @@ blocking wait on an event instead of sleep-polling.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from concurrent import futures
@@ -121,8 +122,13 @@ class ClusterServicer:
         return self.coordinator.heartbeat(request["worker"], request["instance"])
 
 
-def bind(address: str, max_workers: int = 8):
-    """Create a server bound exclusively to `address`; raise PortInUse if it is taken."""
+def bind(address: str, max_workers: int = 2):
+    """Create a server bound exclusively to `address`; raise PortInUse if it is taken.
+
+    Two handler threads: every oracle call holds the coordinator's lock and the GIL, so more
+    threads only add GIL hand-offs (measured: 8 threads serve ~35% fewer trials per second than
+    2 with 8 or 64 simulated workers, benchmarks/RESULTS.md); two keep one thread parsing the
+    next request while the other holds the lock."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oracle-rpc"),
         options=[("grpc.so_reuseport", 0)],
@@ -137,8 +143,13 @@ def bind(address: str, max_workers: int = 8):
 
 
 def serve(server, coordinator) -> None:
+    """Start serving. Everything alive by now (TensorFlow, Keras, the dataset, the oracle) is
+    moved out of the garbage collector's reach first (`gc.freeze`): a full collection over
+    TensorFlow's heap takes ~0.2 s, and every request waits for it."""
     service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
     server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator)),))
+    gc.collect()
+    gc.freeze()
     server.start()
 
 

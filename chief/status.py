@@ -17,30 +17,36 @@ from chief.journal import JOURNAL, RunJournal
 from shared import results
 
 
-def _trial(path):
-    state = json.load(open(path))
+def _trial(state: dict):
     values = state["hyperparameters"]["values"]
     return types.SimpleNamespace(trial_id=state["trial_id"], status=state["status"], score=state.get("score"),
                                  hyperparameters=types.SimpleNamespace(values=values))
 
 
 def snapshot(settings) -> dict | None:
-    """A coordinator-like snapshot of the project's files; None if the project has no state yet."""
+    """A coordinator-like snapshot of the project's files; None if the project has no state yet.
+
+    The journal is the truth (the trial.json files and oracle.json are written behind it)."""
     project_dir = settings.project_state_dir
     oracle_file = os.path.join(project_dir, "oracle.json")
     if not os.path.exists(oracle_file):
         return None
     oracle = json.load(open(oracle_file))
-    trials = [_trial(p) for p in sorted(glob.glob(os.path.join(project_dir, "trial_*", "trial.json")))]
-    runs = RunJournal.replay(os.path.join(project_dir, JOURNAL))
+    states = {}
+    for path in glob.glob(os.path.join(project_dir, "trial_*", "trial.json")):
+        state = json.load(open(path))
+        states[state["trial_id"]] = state
+    runs, journaled = RunJournal.replay(os.path.join(project_dir, JOURNAL))
+    states.update(journaled)
+    trials = [_trial(states[t]) for t in sorted(states, key=lambda t: (len(t), t))]
     direction = settings.objective.direction or ("min" if "loss" in settings.objective.name else "max")
     done = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
     best = (max if direction == "max" else min)(done, key=lambda t: t.score) if done else None
-    by_id = {t.trial_id: t for t in trials}
-    running = {w: tid for w, tid in oracle["ongoing_trials"].items()
-               if tid in by_id and by_id[tid].status not in ("COMPLETED", "FAILED")}
+    running = {run["worker"]: tid for tid, run in runs.items()
+               if run["status"] == "RUNNING" and states.get(tid, {}).get("status") not in ("COMPLETED", "FAILED")}
+    queued = [tid for tid, run in runs.items() if run["status"] == "RETRY"]
     space = [hp["config"]["name"] for hp in oracle["hyperparameters"]["space"]]
-    return {"trials": trials, "runs": runs, "running": running, "queued": oracle.get("retry_queue", []),
+    return {"trials": trials, "runs": runs, "running": running, "queued": queued,
             "max_trials": settings.max_trials if settings.tuner != "hyperband" else None,
             "objective": types.SimpleNamespace(name=settings.objective.name, direction=direction),
             "best": best, "space": space, "fatal": None}

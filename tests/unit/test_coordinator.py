@@ -191,13 +191,15 @@ def _completed(c, trial):
 
 
 def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
-    """oracle.json is written behind the hot path; a kill -9 may leave it far behind the journal."""
+    """trial.json files and oracle.json are written behind the hot path; a kill -9 may leave them
+    far behind the journal, which alone must bring every trial back."""
     clock = Clock()
     c = coordinator(tmp_path, clock, max_trials=5)
     c.save_state()  # the snapshot a crash leaves behind: from before any trial
-    c.writer._write = lambda state: None  # ... and nothing written after it
+    c.writer.flush = lambda: None  # ... and no state file written after it
     done, running, lost = one_done_one_running_one_lost(c, clock)
     c.journal.close()  # kill -9: no clean shutdown, no final state write
+    assert not list((tmp_path / "proj").glob("trial_*/trial.json"))
 
     again = Coordinator(make_oracle(tmp_path, max_trials=5), lease_seconds=10, heartbeat_seconds=1, clock=clock)
     oracle = again.oracle
@@ -211,3 +213,30 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
     fresh, _ = again.create_trial("w1", "w1")
     assert fresh.trial_id not in {done.trial_id, running.trial_id, lost.trial_id}  # no id handed out twice
     assert again.progress()["completed"] == 1 and again.progress()["best"] == (done.trial_id, 1.0)
+    again.close()  # the lagging files are rewritten from the journal
+    on_disk = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "proj").glob("trial_*/trial.json")}
+    assert on_disk[f"trial_{done.trial_id}"]["status"] == "COMPLETED"
+    assert on_disk[f"trial_{done.trial_id}"]["score"] == 1.0
+    assert {t["trial_id"]: t for t in on_disk.values()} == {t: again.oracle.trials[t].get_state()
+                                                            for t in again.oracle.trials}
+
+
+def test_status_reads_the_journal_when_state_files_lag(tmp_path):
+    """`python -m chief status` on a running (or killed) chief whose trial files are behind."""
+    import types
+
+    from chief import status
+
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=5)
+    c.save_state()
+    c.writer.flush = lambda: None
+    done, running, lost = one_done_one_running_one_lost(c, clock)
+    settings = types.SimpleNamespace(project_state_dir=str(tmp_path / "proj"), max_trials=5, tuner="random",
+                                     objective=types.SimpleNamespace(name="score", direction="max"))
+    snap = status.snapshot(settings)
+    assert {t.trial_id: t.status for t in snap["trials"]} == {done.trial_id: "COMPLETED",
+                                                              running.trial_id: "RUNNING", lost.trial_id: "INVALID"}
+    assert snap["running"] == {"w2": running.trial_id} and snap["queued"] == [lost.trial_id]
+    assert snap["best"].trial_id == done.trial_id
+    c.journal.close()
