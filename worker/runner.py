@@ -23,6 +23,31 @@ def attempt_log_dir(root: str, trial_id: str, attempt: int, execution: int) -> s
     return os.path.join(root, *parts)
 
 
+def _gradient_registry() -> dict:
+    """TensorFlow's global table of gradient functions (private; {} if it ever moves)."""
+    from tensorflow.python.framework import ops
+
+    return getattr(getattr(ops, "_gradient_registry", None), "_registry", {})
+
+
+def release_traced_gradients(before: set[str]) -> int:
+    """Drop the `CustomGradient-*` entries registered since `before`; return how many.
+
+    Each `fit` traces the train step, and Keras' optimizer all-reduce inside it registers a
+    `tf.custom_gradient` closure in TensorFlow's global gradient registry, never removed
+    (tensorflow/tensorflow#97697; tf-keras#898 purges them in clear_session). Each closure pins
+    its whole traced graph: ~3 MiB and ~5,000 objects per trial that `clear_session()` cannot free
+    and that every later garbage collection scans again (RSS +52% and time outside `fit` x6 over
+    50 trials, benchmarks/RESULTS.md). Once a trial has ended nothing differentiates through its
+    graphs again, so its registrations can go; entries from before it (the user's own) stay.
+    """
+    registry = _gradient_registry()
+    stale = [name for name in registry if name.startswith("CustomGradient-") and name not in before]
+    for name in stale:
+        del registry[name]
+    return len(stale)
+
+
 class ClusterTuner(kt.Tuner):
     """A stock Tuner that talks to the ktcluster chief and records ktcluster's HParams."""
 
@@ -45,6 +70,7 @@ class ClusterTuner(kt.Tuner):
         self.settings, self.device = settings, device
         self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
         self._used: set[str] = set()  # hyperparameters the current trial's build asked for
+        self._gradients_before: set[str] = set()
 
     def _build_hypermodel(self, hp):
         with tuning.recording_used(hp) as used:
@@ -66,6 +92,7 @@ class ClusterTuner(kt.Tuner):
 
     def on_trial_begin(self, trial):
         self._used = set()
+        self._gradients_before = set(_gradient_registry())
         log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
                  self.oracle.attempts.get(trial.trial_id, 1), trial.hyperparameters.values)
         super().on_trial_begin(trial)
@@ -82,6 +109,7 @@ class ClusterTuner(kt.Tuner):
         else:
             log.info("%s ends trial %s: %s", self.tuner_id, trial.trial_id, trial.status)
         super().on_trial_end(trial)
+        release_traced_gradients(self._gradients_before)
 
 
 class HyperbandClusterTuner(ClusterTuner, kt.Hyperband):
