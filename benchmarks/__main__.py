@@ -40,7 +40,7 @@ def bench_throughput(args, report):
         canned = f"{tmp}/trial.pb"
         servers.canned_trial(canned)
         for workers in (1, 8, 64):
-            for kind in ("null", "stock", "ktcluster"):
+            for kind in ("null", "null-aio", "stock", "ktcluster"):
                 runs = [throughput.run_one(kind, workers, trials, canned) for _ in range(args.repeats)]
                 r = rows[(kind, workers)] = throughput.median_of(runs)
                 w = r["windows"]["all"]
@@ -48,7 +48,7 @@ def bench_throughput(args, report):
                       f"{_fmt(w['cpu_ms'], digits=2)} ms/trial, CreateTrial p50 {r['p50_ms']['median']:.2f} ms "
                       f"p99 {r['p99_ms']['median']:.2f} ms", flush=True)
             ceiling = rows[("null", workers)]
-            for kind in ("stock", "ktcluster"):
+            for kind in ("null-aio", "stock", "ktcluster"):
                 r = rows[(kind, workers)]
                 print(f"  -> {kind} / ceiling at {workers}: throughput x"
                       f"{r['windows']['all']['rate']['median'] / ceiling['windows']['all']['rate']['median']:.2f}, "

@@ -8,6 +8,9 @@ KIND:
   chief.server.serve), without the dataset and model start-up;
 - null: the same Oracle service doing no work (a canned RUNNING trial, empty replies): the ceiling
   for Python gRPC on this machine. It imports neither KerasTuner nor TensorFlow.
+- null-aio: the same on grpc.aio (one event-loop thread instead of a thread pool), to check that
+  an asyncio server would not raise that ceiling.
+BENCH_SERVER_THREADS=N gives the ktcluster server N handler threads instead of the chief's default.
 Same oracle type (RandomSearch) and search space for stock and ktcluster.
 """
 
@@ -157,7 +160,8 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
-    server, port = bind("127.0.0.1:0", max_workers=int(os.environ.get("BENCH_POOL", "2")))
+    threads = os.environ.get("BENCH_SERVER_THREADS")  # to compare handler pool sizes; default: the chief's
+    server, port = bind("127.0.0.1:0", **({"max_workers": int(threads)} if threads else {}))
     oracle = space_oracle(max_trials, state_dir)
     coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
     coordinator.save_state()
