@@ -148,7 +148,6 @@ def serve(server, coordinator) -> None:
     TensorFlow's heap takes ~0.2 s, and every request waits for it."""
     service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
     server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator)),))
-    gc.collect()
     gc.freeze()
     server.start()
 
