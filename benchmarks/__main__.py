@@ -15,7 +15,7 @@ import time
 
 from benchmarks import cluster, servers, throughput
 
-NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup", "docker")
+NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup", "idle", "docker")
 
 
 def _median(runs, key):
@@ -139,6 +139,14 @@ def bench_startup(args, report):
     v = _median(runs, "to_first_trial")
     print(f"  local processes: start to first trial running {v:.1f} s", flush=True)
     report["startup"] = runs
+
+
+def bench_idle(args, report):
+    runs = [cluster.idle() for _ in range(args.repeats)]
+    chief, worker = _median(runs, "chief_percent"), _median(runs, "worker_percent")
+    print(f"  idle CPU over 10 s: chief serving, no worker {chief:.2f}% of a core; "
+          f"worker waiting for its chief {worker:.2f}%", flush=True)
+    report["idle"] = runs
 
 
 def bench_docker(args, report):

@@ -147,6 +147,38 @@ def startup() -> dict:
     return {"to_first_trial": first - t0}
 
 
+def _cpu_percent(pid: int, seconds: float) -> float:
+    """Share of one core `pid` (all its threads) used over the next `seconds`."""
+    from benchmarks.throughput import _cpu_seconds
+
+    c0, t0 = _cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return 100 * (_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+def idle(window: float = 10.0) -> dict:
+    """CPU between events: a chief serving with no worker yet, and a worker waiting for a chief
+    that is not there yet (the order Compose or a slow image pull can produce); each alone,
+    measured over `window` seconds once it has started up."""
+    from tests.procs import processes, wait_until
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, processes() as start:
+        env = _env(tmp, KTC_MAX_TRIALS=1, KTC_EPOCHS=1, KTC_CHIEF_TIMEOUT_SECONDS=600)
+        chief = start("chief", [PY, "-m", "chief"], env, tmp)
+        wait_until(lambda: "oracle serving" in chief.output(), 120, interval=0.2, what="the chief serving")
+        time.sleep(1)
+        out["chief_percent"] = _cpu_percent(chief.pid, window)
+        chief.stop()
+        env = _env(tmp, KTC_MAX_TRIALS=1, KTC_EPOCHS=1, KTC_CHIEF_TIMEOUT_SECONDS=600,
+                   KERASTUNER_TUNER_ID="worker-1")  # a fresh port: nobody serves it
+        worker = start("worker", [PY, "-m", "worker"], env, tmp)
+        wait_until(lambda: "device CPU" in worker.output(), 120, interval=0.2, what="the worker started")
+        time.sleep(1)
+        out["worker_percent"] = _cpu_percent(worker.pid, window)
+    return out
+
+
 def startup_docker(repeats: int) -> dict | None:
     """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker.
     Opt-in (`--only docker`): needs a running Docker engine with Compose v2."""
