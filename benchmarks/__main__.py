@@ -103,20 +103,25 @@ def bench_scaling(args, report):
 
 def bench_optuna(args, report):
     trials, epochs = (6, 3) if args.quick else (12, 5)
-    ours, theirs = [], []
-    for _ in range(args.repeats):  # interleaved, so drift on the machine hits both alike
-        ours.append(cluster.ktcluster(2, trials, epochs))
-        theirs.append(cluster.optuna_run(2, trials, epochs))
-    if theirs[0] is None:
+    runs = {"ktcluster": [], "optuna": [], "ray": []}
+    for _ in range(args.repeats):  # interleaved, so drift on the machine hits all alike
+        runs["ktcluster"].append(cluster.ktcluster(2, trials, epochs))
+        runs["optuna"].append(cluster.optuna_run(2, trials, epochs))
+        runs["ray"].append(cluster.ray_run(2, trials, epochs))
+    if runs["optuna"][0] is None:
         print("  optuna is not installed (pip install -r benchmarks/requirements.txt)")
         return
     ratios = {}
     for key in ("wall", "search"):
-        a, b = _median(ours, key), _median(theirs, key)
-        ratios[key] = a / b
-        print(f"  2 workers, {trials} trials x {epochs} epochs, {key}: ktcluster {a:.1f} s, Optuna {b:.1f} s "
-              f"-> ktcluster/Optuna = {a / b:.2f}", flush=True)
-    report["optuna"] = {"ktcluster": ours, "optuna": theirs, "trials": trials, "epochs": epochs, "ratios": ratios}
+        ours = _median(runs["ktcluster"], key)
+        line = f"  2 workers, {trials} trials x {epochs} epochs, {key}: ktcluster {ours:.1f} s"
+        for rival in ("optuna", "ray"):
+            if runs[rival][0] is not None:
+                theirs = _median(runs[rival], key)
+                ratios[f"{rival}_{key}"] = ours / theirs
+                line += f", {rival} {theirs:.1f} s (ktcluster/{rival} = {ours / theirs:.2f})"
+        print(line, flush=True)
+    report["optuna"] = {**runs, "trials": trials, "epochs": epochs, "ratios": ratios}
 
 
 def bench_overhead(args, report):

@@ -109,6 +109,20 @@ def optuna_run(workers: int, trials: int, epochs: int) -> dict | None:
     return {"wall": wall, "search": search.total_seconds()}
 
 
+def ray_run(workers: int, trials: int, epochs: int) -> dict | None:
+    """The same model, data and budget with Ray Tune (benchmarks.ray_run), if Ray is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, outs = _run([[PY, "-m", "benchmarks.ray_run", str(workers), str(trials), str(epochs)]], [_env(tmp)], tmp)
+    span = json.loads(outs[0].strip().splitlines()[-1])
+    if span["trials"] != trials:
+        raise RuntimeError(f"Ray Tune run: {span['trials']} of {trials} trials succeeded")
+    return {"wall": wall, "search": span["last_end"] - span["first_start"]}
+
+
 def _fit_log_figures(path: str) -> dict:
     """Per trial: fit seconds, time outside fit (this fit's start to the next one's, minus the fit),
     and RSS right after each fit."""
