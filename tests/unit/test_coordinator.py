@@ -240,3 +240,20 @@ def test_status_reads_the_journal_when_state_files_lag(tmp_path):
     assert snap["running"] == {"w2": running.trial_id} and snap["queued"] == [lost.trial_id]
     assert snap["best"].trial_id == done.trial_id
     c.journal.close()
+
+
+def test_hot_oracle_calls_bypass_keras_tuners_second_lock(tmp_path):
+    """The coordinator's lock serialises every call; KerasTuner's @synchronized wrapper (another
+    lock and a DeprecationWarning per call) is unwrapped. If a KerasTuner upgrade changes the
+    wrapper, this says so instead of silently keeping the slow path."""
+    import warnings
+
+    c = coordinator(tmp_path, Clock())
+    for name in ("create_trial", "update_trial", "end_trial"):
+        assert getattr(c.oracle, name).__func__.__qualname__ == f"Oracle.{name}"  # not `wrapped_func`
+    c.register("w1", "i1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # currentThread() would raise here
+        trial, _ = c.create_trial("w1", "i1")
+        assert finish(c, trial, "w1")
+    c.close()
