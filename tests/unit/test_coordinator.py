@@ -257,3 +257,47 @@ def test_hot_oracle_calls_bypass_keras_tuners_second_lock(tmp_path):
         trial, _ = c.create_trial("w1", "i1")
         assert finish(c, trial, "w1")
     c.close()
+
+
+def _trial_file(tmp_path, trial_id):
+    return tmp_path / "proj" / f"trial_{trial_id}" / "trial.json"
+
+
+def test_state_files_follow_the_journal_once_the_chief_is_quiet(tmp_path):
+    """Written behind, but written: KerasTuner's tools see a running search's trials."""
+    from tests.procs import wait_until
+
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    wait_until(lambda: _trial_file(tmp_path, trial.trial_id).exists(), 5, interval=0.05, what="trial.json")
+    assert json.loads(_trial_file(tmp_path, trial.trial_id).read_text())["status"] == "RUNNING"
+    assert json.loads((tmp_path / "proj" / "oracle.json").read_text())["ongoing_trials"] == {"w1": trial.trial_id}
+    c.close()
+
+
+def test_state_files_are_written_within_the_longest_lag_under_continuous_load(tmp_path):
+    """A chief that is never quiet still writes them, at the latest `max_lag` after a change."""
+    import threading
+    import time
+
+    from chief.coordinator import StateWriter
+
+    oracle = make_oracle(tmp_path, max_trials=1000)
+    lock = threading.Lock()
+    c = Coordinator(oracle, lease_seconds=10, heartbeat_seconds=1, clock=Clock())
+    c.writer.close()  # replaced by one with a short lag, over the same oracle and journal
+    writer = StateWriter(oracle, lock, quiet=0.2, max_lag=0.6)
+    c.register("w1", "i1")
+    first, _ = c.create_trial("w1", "i1")
+    with lock:
+        writer.trial_changed(oracle.trials[first.trial_id].get_state())
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0 and not _trial_file(tmp_path, first.trial_id).exists():
+        with lock:
+            writer.save()  # a change every 50 ms: never quiet for 0.2 s
+        time.sleep(0.05)
+    assert _trial_file(tmp_path, first.trial_id).exists()
+    assert time.monotonic() - started < 1.5
+    writer.close()
+    c.journal.close()
