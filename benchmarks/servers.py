@@ -156,14 +156,20 @@ def serve_stock(max_trials: int, state_dir: str) -> None:
 
 
 def serve_ktcluster(max_trials: int, state_dir: str) -> None:
-    """As chief/__main__.py's `run`, minus dataset, model, progress logging and results."""
+    """As chief/__main__.py's `run`, minus dataset, model and results: the same coordinator,
+    server and progress logging (per-trial lines and progress, to stderr, which the harness
+    discards)."""
+    import logging
+
+    from chief import progress
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s chief %(message)s", stream=sys.stderr)
     threads = os.environ.get("BENCH_SERVER_THREADS")  # to compare handler pool sizes; default: the chief's
     server, port = bind("127.0.0.1:0", **({"max_workers": int(threads)} if threads else {}))
     oracle = space_oracle(max_trials, state_dir)
-    coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
+    coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog())
     coordinator.save_state()
     serve(server, coordinator)
     print(f"READY {port}", flush=True)

@@ -101,7 +101,7 @@ def run(settings) -> int:
     oracle._set_project_dir(settings.state_dir, settings.project)
     oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
     coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
-                              on_event=progress.log_progress, fsync=settings.fsync)
+                              on_event=progress.ProgressLog(), fsync=settings.fsync)
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late

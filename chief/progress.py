@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 
 from shared import results
@@ -59,8 +60,33 @@ def line(s: dict) -> str:
             f"running [{running}], best {s['objective']} {best}, ETA {_duration(s['eta'])}")
 
 
-def log_progress(coordinator) -> None:
-    log.info(line(coordinator.progress()))
+class ProgressLog:
+    """The coordinator's `on_event`: a progress line at most every `interval` seconds, one when
+    the search is over, and the latest state `interval` after a skipped event (nothing is left
+    unsaid for long). A line per event cost the chief as much as serving the trial itself at
+    hundreds of trials per second (benchmarks/RESULTS.md)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, coordinator) -> None:
+        with self._lock:
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0 and not coordinator.finished.is_set():
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._emit, args=(coordinator,))
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self._emit(coordinator)
+
+    def _emit(self, coordinator) -> None:
+        with self._lock:
+            self._last, self._timer = time.monotonic(), None
+        log.info(line(coordinator.progress()))
 
 
 def write_results(snap: dict, results_dir: str) -> dict:

@@ -48,3 +48,38 @@ def test_progress_line_counts_best_and_eta():
     # 5 trials left over 2 running workers at 60 s each -> 3 rounds -> 3 minutes
     assert line == ("progress: 1/6 done (0 failed), running [worker-1:1, worker-2:2], "
                     "best val_accuracy 0.8000 (trial 0), ETA 3m00s")
+
+
+def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
+    """At most one line per interval; a skipped event's state follows `interval` later; the end
+    of the search is said at once."""
+    import logging
+    import threading
+    import time
+
+    class Coordinator:
+        def __init__(self):
+            self.finished, self.done = threading.Event(), 0
+
+        def progress(self):
+            return {"completed": self.done, "failed": 0, "running": {}, "total": 10, "queued": 0,
+                    "objective": "score", "best": None, "eta": None}
+
+    c, log = Coordinator(), progress.ProgressLog(interval=0.3)
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+
+    with caplog.at_level(logging.INFO, logger="ktcluster.progress"):
+        for n in range(1, 6):  # a burst: the first is said, the rest wait
+            c.done = n
+            log(c)
+        assert [line.split()[1] for line in lines()] == ["1/10"]
+        deadline = time.monotonic() + 3
+        while len(lines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [line.split()[1] for line in lines()] == ["1/10", "5/10"]  # the latest, once
+        c.done = 10
+        c.finished.set()
+        log(c)  # within the interval, but the search is over
+        assert lines()[-1].split()[1] == "10/10"
