@@ -33,6 +33,7 @@ log = logging.getLogger("ktcluster.chief")
 
 RUNNING = trial_module.TrialStatus.RUNNING
 STOPPED = trial_module.TrialStatus.STOPPED
+IDLE = trial_module.TrialStatus.IDLE
 INVALID = trial_module.TrialStatus.INVALID
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 FINISHED_MARKER = "ktcluster-finished.json"
@@ -340,6 +341,13 @@ class Coordinator:
                 return trial_module.Trial(oracle.get_space(), status=STOPPED), 0
             resumed = worker in oracle.ongoing_trials
             trial = oracle.create_trial(worker)
+            if trial.status == STOPPED and self._retry_possible_elsewhere(worker):
+                # Stock says STOPPED once the budget is handed out, but a trial still running on
+                # another worker may yet fail (or lose its lease) and come back for a retry:
+                # this worker waits (IDLE) instead of leaving that retry with nobody to run it.
+                self._stop_seen = True
+                oracle.tuner_ids.add(worker)
+                trial = trial_module.Trial(oracle.get_space(), status=IDLE)
             if trial.status == RUNNING and not resumed:
                 if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
                     oracle._save_trial(trial)
@@ -358,6 +366,11 @@ class Coordinator:
         self._notify()
         self._on_event(self)
         return trial, attempt
+
+    def _retry_possible_elsewhere(self, worker: str) -> bool:
+        oracle = self.oracle
+        return any(w != worker and oracle._run_times[t.trial_id] < oracle.max_retries_per_trial  # ended attempts
+                   for w, t in oracle.ongoing_trials.items())
 
     def _owner_of(self, trial_id: str) -> str | None:
         for worker, trial in self.oracle.ongoing_trials.items():

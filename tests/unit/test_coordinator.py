@@ -301,3 +301,40 @@ def test_state_files_are_written_within_the_longest_lag_under_continuous_load(tm
     assert time.monotonic() - started < 1.5
     writer.close()
     c.journal.close()
+
+
+def test_a_spare_worker_waits_for_a_retry_instead_of_stopping(tmp_path):
+    """Budget handed out, one trial still running elsewhere: if that worker dies, its retry needs
+    someone. Stock tells the spare worker STOPPED and the retry then waits for ever."""
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=2)
+    for w in ("w1", "w2"):
+        c.register(w, w)
+    running, _ = c.create_trial("w1", "w1")
+    other, _ = c.create_trial("w2", "w2")
+    assert finish(c, other, "w2")
+    spare, _ = c.create_trial("w2", "w2")
+    assert spare.status == "IDLE"  # not STOPPED: trial `running` may come back
+    clock.now = 5
+    c.heartbeat("w2", "w2")
+    clock.now = 11  # w1 went silent
+    assert c.expire_leases() == [running.trial_id]
+    retry, attempt = c.create_trial("w2", "w2")
+    assert (retry.trial_id, attempt) == (running.trial_id, 2)
+    assert not c.finished.is_set()
+    assert finish(c, retry, "w2")
+    assert c.create_trial("w2", "w2")[0].status == "STOPPED"
+    assert c.finished.is_set()
+    c.close()
+
+
+def test_no_spare_is_held_for_a_trial_on_its_last_attempt(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=2, retries=0)
+    for w in ("w1", "w2"):
+        c.register(w, w)
+    c.create_trial("w1", "w1")
+    other, _ = c.create_trial("w2", "w2")
+    assert finish(c, other, "w2")
+    assert c.create_trial("w2", "w2")[0].status == "STOPPED"  # nothing could come back
+    c.close()
