@@ -65,28 +65,35 @@ def canned_trial(path: str) -> None:
         f.write(trial.to_proto().SerializeToString())
 
 
+def _null_replies(canned_path: str):
+    """The null servers' gRPC module and a reply maker per method: a real RUNNING trial (read
+    from `canned_path`) or an empty result, built afresh on every call as a real server would."""
+    protos = light_protos()
+    service = protos.get_service()
+    canned = protos.get_proto().Trial()
+    with open(canned_path, "rb") as f:
+        canned.ParseFromString(f.read())
+    return protos.get_service_grpc(), {
+        "CreateTrial": lambda: service.CreateTrialResponse(trial=canned),
+        "UpdateTrial": lambda: service.UpdateTrialResponse(trial=canned),
+        "EndTrial": service.EndTrialResponse,
+    }
+
+
 def serve_null(canned_path: str) -> None:
     from concurrent import futures
 
     import grpc
 
-    protos = light_protos()
-    service, service_grpc = protos.get_service(), protos.get_service_grpc()
-    canned = protos.get_proto().Trial()
-    with open(canned_path, "rb") as f:
-        canned.ParseFromString(f.read())
+    service_grpc, replies = _null_replies(canned_path)
 
     class Null(service_grpc.OracleServicer):
-        def CreateTrial(self, request, context):
-            return service.CreateTrialResponse(trial=canned)
+        pass
 
-        def UpdateTrial(self, request, context):
-            return service.UpdateTrialResponse(trial=canned)
+    for name, make in replies.items():
+        setattr(Null, name, lambda self, request, context, make=make: make())
 
-        def EndTrial(self, request, context):
-            return service.EndTrialResponse()
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # ktcluster's pool size
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # grpc's usual pool (the chief uses 2)
     service_grpc.add_OracleServicer_to_server(Null(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -99,21 +106,16 @@ def serve_null_aio(canned_path: str) -> None:
 
     import grpc
 
-    protos = light_protos()
-    service, service_grpc = protos.get_service(), protos.get_service_grpc()
-    canned = protos.get_proto().Trial()
-    with open(canned_path, "rb") as f:
-        canned.ParseFromString(f.read())
+    service_grpc, replies = _null_replies(canned_path)
 
     class Null(service_grpc.OracleServicer):
-        async def CreateTrial(self, request, context):
-            return service.CreateTrialResponse(trial=canned)
+        pass
 
-        async def UpdateTrial(self, request, context):
-            return service.UpdateTrialResponse(trial=canned)
+    for name, make in replies.items():
+        async def answer(self, request, context, make=make):
+            return make()
 
-        async def EndTrial(self, request, context):
-            return service.EndTrialResponse()
+        setattr(Null, name, answer)
 
     async def main():
         server = grpc.aio.server()
