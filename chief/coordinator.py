@@ -78,8 +78,12 @@ class StateWriter:
         return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
                 for k, v in self.oracle.get_state().items()}
 
-    def _trial_path(self, trial_id: str) -> str:
-        return os.path.join(self.oracle._get_trial_dir(trial_id), "trial.json")
+    def _write_trial(self, state: dict) -> None:
+        path = os.path.join(self.oracle._get_trial_dir(state["trial_id"]), "trial.json")
+        write_text_atomic(path, json.dumps(state), fsync=self.fsync)
+
+    def _write_oracle(self, state: dict) -> None:
+        write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
 
     def trial_changed(self, state: dict) -> None:
         """A trial's new state, already journaled (called with the lock held)."""
@@ -87,23 +91,23 @@ class StateWriter:
             self._trials[state["trial_id"]] = state
             self._dirty.set()
         else:
-            write_text_atomic(self._trial_path(state["trial_id"]), json.dumps(state), fsync=self.fsync)
+            self._write_trial(state)
 
     def save(self) -> None:
         """The oracle's `save` (called with the lock held)."""
         if self.behind:
             self._dirty.set()
         else:
-            write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(self._state()), fsync=self.fsync)
+            self._write_oracle(self._state())
 
     def flush(self) -> None:
         with self._writing:
             with self._lock:
                 state, trials, self._trials = self._state(), self._trials, {}
             try:
-                for trial_id, trial_state in trials.items():
-                    write_text_atomic(self._trial_path(trial_id), json.dumps(trial_state), fsync=self.fsync)
-                write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
+                for trial_state in trials.values():
+                    self._write_trial(trial_state)
+                self._write_oracle(state)
             except BaseException:
                 with self._lock:  # keep what was not written (unless a newer state came meanwhile)
                     self._trials = {**trials, **self._trials}
@@ -255,7 +259,7 @@ class Coordinator:
         restored, stale = load_project(oracle, self.journal)
         with self._lock:
             for trial_id in stale:
-                self.writer.trial_changed(oracle.trials[trial_id].get_state())
+                self.writer.trial_changed(self.journal.states[trial_id])
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
         for worker, trial_id in restored.items():

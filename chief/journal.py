@@ -20,7 +20,9 @@ JOURNAL = "ktcluster-runs.jsonl"
 
 
 class RunJournal:
-    """`runs`: trial id -> latest attempt; `states`: trial id -> latest trial state."""
+    """`runs`: trial id -> latest attempt, kept up to date; `states`: trial id -> latest trial
+    state as replayed when opened (for reloading; the live oracle holds the trials after that,
+    so the journal does not keep a second copy of every state)."""
 
     def __init__(self, project_dir: str, fsync: bool = False):
         self.path, self.fsync = os.path.join(project_dir, JOURNAL), fsync
@@ -44,10 +46,12 @@ class RunJournal:
 
     @staticmethod
     def _apply(runs, states, event):
-        """Fold one event in; `ends` counts ended attempts, `ended_at` orders results."""
+        """Fold one event in (`states` None: skip trial states); `ends` counts ended attempts,
+        `ended_at` orders results."""
         kind = event["event"]
         if kind == "trial":
-            states[event["trial"]] = event["state"]
+            if states is not None:
+                states[event["trial"]] = event["state"]
             return
         run = runs.setdefault(event["trial"], {"attempts": 0, "ends": 0, "message": ""})
         if kind == "start":
@@ -63,7 +67,7 @@ class RunJournal:
 
     def record(self, **event):
         event["t"] = time.time()
-        self._apply(self.runs, self.states, event)
+        self._apply(self.runs, None, event)
         self._file.write(json.dumps(event) + "\n")
         self._file.flush()
         if self.fsync:

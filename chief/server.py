@@ -126,7 +126,7 @@ def bind(address: str, max_workers: int = 2):
     """Create a server bound exclusively to `address`; raise PortInUse if it is taken.
 
     Two handler threads: every oracle call holds the coordinator's lock and the GIL, so more
-    threads only add GIL hand-offs (measured: 8 threads serve ~35% fewer trials per second than
+    threads only add GIL hand-offs (measured: 8 threads serve ~30% fewer trials per second than
     2 with 8 or 64 simulated workers, benchmarks/RESULTS.md); two keep one thread parsing the
     next request while the other holds the lock."""
     server = grpc.server(
