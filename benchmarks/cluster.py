@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.throughput import _cpu_seconds, even_split
 from tests.procs import ROOT, cluster_env, free_port
 
 PY = sys.executable
@@ -78,7 +79,7 @@ def ktcluster(workers: int, trials: int, epochs: int) -> dict:
 
 def plain(processes: int, trials: int, epochs: int) -> dict:
     """The same fits with no tuner: `processes` side by side, `trials` split between them."""
-    per = [trials // processes + (1 if i < trials % processes else 0) for i in range(processes)]
+    per = even_split(trials, processes)
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(tmp)
         wall, outs = _run([[PY, "-m", "benchmarks.plain", str(n), str(epochs)] for n in per], [env] * processes, tmp)
@@ -98,7 +99,7 @@ def optuna_run(workers: int, trials: int, epochs: int) -> dict | None:
         journal = f"{tmp}/optuna.log"
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
         optuna.create_study(study_name="bench", storage=storage, direction="maximize")
-        per = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
+        per = even_split(trials, workers)
         env = _env(tmp)
         wall, _ = _run([[PY, "-m", "benchmarks.optuna_worker", journal, str(n), str(epochs)] for n in per],
                        [env] * workers, tmp)
@@ -163,8 +164,6 @@ def startup() -> dict:
 
 def _cpu_percent(pid: int, seconds: float) -> float:
     """Share of one core `pid` (all its threads) used over the next `seconds`."""
-    from benchmarks.throughput import _cpu_seconds
-
     c0, t0 = _cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
     return 100 * (_cpu_seconds(pid) - c0) / (time.monotonic() - t0)

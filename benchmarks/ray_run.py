@@ -1,7 +1,7 @@
 """`python -m benchmarks.ray_run WORKERS TRIALS EPOCHS`: the Optuna benchmark's search, run by Ray Tune.
 
-The same model (benchmarks.models:fixed_cost, through the Optuna worker's adapter idea: the two
-KerasTuner calls it makes are answered from Ray's sampled config), the same data (digits), one
+The same model (benchmarks.models:fixed_cost, given KerasTuner's own HyperParameters holding
+Ray's sampled values, which its `hp.Choice`/`hp.Float` calls return), the same data (digits), one
 TensorFlow thread per trial, WORKERS trials at a time on a local Ray cluster of WORKERS CPUs,
 trial processes reused between trials (Ray's advice for trainables with costly imports). Prints
 one JSON line {"first_start", "last_end", "trials"} (time.time()).
@@ -12,23 +12,11 @@ import sys
 import tempfile
 
 
-class HP:
-    """The KerasTuner `hp` calls fixed_cost makes, answered by Ray's sampled config."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def Choice(self, name, values):
-        return self.config[name]
-
-    def Float(self, name, low, high, sampling=None):
-        return self.config[name]
-
-
 def trainable(config):
     import time
 
     import keras
+    import keras_tuner as kt
     import tensorflow as tf
 
     from benchmarks.models import fixed_cost
@@ -39,7 +27,9 @@ def trainable(config):
     started = time.time()
     ds = data.load("digits", "")
     keras.backend.clear_session()
-    model = fixed_cost(HP(config))
+    hp = kt.HyperParameters()
+    hp.values.update(activation=config["activation"], learning_rate=config["learning_rate"])
+    model = fixed_cost(hp)
     history = model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_val, ds.y_val),
                         epochs=config["epochs"], verbose=0)
     return {"val_accuracy": max(history.history["val_accuracy"]), "started": started, "ended": time.time()}

@@ -77,6 +77,11 @@ def _client(port: int, threads: int, proc_index: int, budget: int, deadline: flo
     out.put((latencies, ends))
 
 
+def even_split(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` shares differing by at most one."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -136,7 +141,7 @@ def run_one(kind: str, workers: int, trials: int, canned: str, timeout: float = 
             ctx = mp.get_context("spawn")
             out, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
             deadline = time.monotonic() + timeout
-            per = [workers // processes + (1 if i < workers % processes else 0) for i in range(processes)]
+            per = even_split(workers, processes)
             budget = math.ceil(trials / processes)  # stops the null server's clients; the others say STOPPED
             clients = [ctx.Process(target=_client, args=(port, n, i, budget, deadline, ready, go, out))
                        for i, n in enumerate(per)]
