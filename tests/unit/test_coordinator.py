@@ -270,9 +270,12 @@ def test_state_files_follow_the_journal_once_the_chief_is_quiet(tmp_path):
     c = coordinator(tmp_path, Clock())
     c.register("w1", "i1")
     trial, _ = c.create_trial("w1", "i1")
-    wait_until(lambda: _trial_file(tmp_path, trial.trial_id).exists(), 5, interval=0.05, what="trial.json")
+    oracle_file = tmp_path / "proj" / "oracle.json"
+    # trial files first, then the oracle.json that names them: wait for the second write
+    wait_until(lambda: oracle_file.exists() and json.loads(oracle_file.read_text())["ongoing_trials"],
+               5, interval=0.05, what="oracle.json naming the trial")
     assert json.loads(_trial_file(tmp_path, trial.trial_id).read_text())["status"] == "RUNNING"
-    assert json.loads((tmp_path / "proj" / "oracle.json").read_text())["ongoing_trials"] == {"w1": trial.trial_id}
+    assert json.loads(oracle_file.read_text())["ongoing_trials"] == {"w1": trial.trial_id}
     c.close()
 
 
