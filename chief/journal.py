@@ -1,7 +1,7 @@
 """Append-only journal of the search: the chief's durable truth.
 
-Two kinds of lines, each one append (no file created, O(1) per event) in the
-kernel before the caller replies (fsync'd too with KTC_FSYNC=1):
+Two kinds of lines, appended (no file created, O(1) per event) and in the kernel
+before the caller replies (fsync'd too with KTC_FSYNC=1):
 - `trial`: a trial's whole state (what KerasTuner keeps in trial.json), on
   every change;
 - `start` / `end`: who ran which attempt, when, and how it ended.
@@ -66,9 +66,14 @@ class RunJournal:
                 run["message"] = event["message"]
 
     def record(self, **event):
+        """Fold one event in and buffer its line; `commit` hands it to the kernel."""
         event["t"] = time.time()
         self._apply(self.runs, None, event)
         self._file.write(json.dumps(event) + "\n")
+
+    def commit(self) -> None:
+        """Make what was recorded durable: one write (and fsync) per oracle call, not per event
+        (a trial's start is two events, its end two more), before the call is answered."""
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())

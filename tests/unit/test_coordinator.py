@@ -59,6 +59,15 @@ def journal(tmp_path):
     return [json.loads(line) for line in open(tmp_path / "proj" / "ktcluster-runs.jsonl")]
 
 
+def kill_9(c, tmp_path):
+    """A crash: only what reached the kernel survives (not what sits in Python's buffers), and
+    nothing is written on the way out."""
+    path = tmp_path / "proj" / "ktcluster-runs.jsonl"
+    durable = path.read_bytes()
+    c.journal.close()
+    path.write_bytes(durable)
+
+
 def test_happy_path_finishes_and_counts_attempts(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock)
@@ -198,7 +207,7 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
     c.save_state()  # the snapshot a crash leaves behind: from before any trial
     c.writer.flush = lambda: None  # ... and no state file written after it
     done, running, lost = one_done_one_running_one_lost(c, clock)
-    c.journal.close()  # kill -9: no clean shutdown, no final state write
+    kill_9(c, tmp_path)
     assert not list((tmp_path / "proj").glob("trial_*/trial.json"))
 
     again = Coordinator(make_oracle(tmp_path, max_trials=5), lease_seconds=10, heartbeat_seconds=1, clock=clock)
@@ -249,8 +258,9 @@ def test_hot_oracle_calls_bypass_keras_tuners_second_lock(tmp_path):
     import warnings
 
     c = coordinator(tmp_path, Clock())
-    for name in ("create_trial", "update_trial", "end_trial"):
+    for name in ("create_trial", "end_trial"):
         assert getattr(c.oracle, name).__func__.__qualname__ == f"Oracle.{name}"  # not `wrapped_func`
+    assert c.oracle.update_trial.__qualname__ == "_update_trial.<locals>.update_trial"  # ours: no lock
     c.register("w1", "i1")
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # currentThread() would raise here
@@ -341,3 +351,57 @@ def test_no_spare_is_held_for_a_trial_on_its_last_attempt(tmp_path):
     assert finish(c, other, "w2")
     assert c.create_trial("w2", "w2")[0].status == "STOPPED"  # nothing could come back
     c.close()
+
+
+def test_update_trial_keeps_stock_results_without_its_discarded_best_value_scans(tmp_path):
+    """The coordinator's update_trial skips MetricsTracker.update's before/after best-value scans
+    (O(history) each, result discarded): the trial must end up exactly as stock leaves it."""
+    reports = [({"score": 0.5, "loss": 2.0}, 0), ({"score": 0.7, "loss": 1.5}, 1), ({"score": 0.6}, 1),
+               ({"val_accuracy": 0.9, "score": float("nan")}, 2)]
+    stock = make_oracle(tmp_path / "stock")
+    c = coordinator(tmp_path / "ours", Clock())
+    c.register("w1", "i1")
+    ours, _ = c.create_trial("w1", "i1")
+    theirs = stock.create_trial("w1")
+    for metrics, step in reports:
+        c.update_trial(ours.trial_id, metrics, step=step, worker="w1")
+        stock.update_trial(theirs.trial_id, metrics, step=step)
+    assert json.dumps(ours.metrics.get_config()) == json.dumps(theirs.metrics.get_config())
+    assert {n: h.direction for n, h in ours.metrics.metrics.items()} == {"score": "max", "loss": "min",
+                                                                         "val_accuracy": "max"}
+    with pytest.raises(ValueError, match="Objective value missing"):
+        c.update_trial(ours.trial_id, {"loss": 1.0}, worker="w1")  # as stock: the objective is required
+    c.close()
+
+
+def test_space_copies_match_keras_tuners_own(tmp_path):
+    """`create_trial` copies the space per trial without Keras's deserializer: same objects, every
+    hyperparameter type, conditions, values; the copy is independent; a restarted chief has it too."""
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    hp = HyperParameters()
+    model_type = hp.Choice("model_type", ["mlp", "cnn"])
+    hp.Int("units", 32, 512, step=32, sampling="log")
+    hp.Float("dropout", 0.0, 0.5, step=0.1)
+    hp.Float("lr", 1e-4, 1e-2, sampling="log")
+    hp.Boolean("batch_norm", default=True)
+    hp.Fixed("epochs", 3)
+    with hp.conditional_scope("model_type", ["cnn"]):
+        hp.Int("filters", 8, 64, default=16)
+    assert model_type == "mlp"
+    c = coordinator(tmp_path, Clock())
+    c.oracle.update_space(hp)
+    space = c.oracle.hyperparameters
+    copy, stock = space.copy(), HyperParameters.copy(space)
+    assert copy.get_config() == stock.get_config() and [type(p) for p in copy.space] == [type(p) for p in stock.space]
+    copy.values["units"] = 64
+    assert space.values.get("units") != 64 and not {id(p) for p in copy.space} & {id(p) for p in space.space}
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    c.close()
+
+    again = Coordinator(make_oracle(tmp_path), lease_seconds=10, heartbeat_seconds=1, clock=Clock())
+    assert again.oracle.hyperparameters.copy.__qualname__ == "fast_space_copies.<locals>.copy"
+    assert again.oracle.hyperparameters.copy().get_config() == HyperParameters.copy(again.oracle.hyperparameters).get_config()
+    assert "filters" in {p.name for p in again.oracle.hyperparameters.space}
+    again.close()
