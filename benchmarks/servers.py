@@ -161,13 +161,11 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
     """As chief/__main__.py's `run`, minus dataset, model and results: the same coordinator,
     server and progress logging (per-trial lines and progress, to stderr, which the harness
     discards)."""
-    import logging
-
     from chief import progress
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s chief %(message)s", stream=sys.stderr)
+    progress.configure_logging(sys.stderr)
     threads = os.environ.get("BENCH_SERVER_THREADS")  # to compare handler pool sizes; default: the chief's
     server, port = bind("127.0.0.1:0", **({"max_workers": int(threads)} if threads else {}))
     oracle = space_oracle(max_trials, state_dir)

@@ -187,7 +187,9 @@ def _reap(coordinator, interval: float) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s chief %(message)s", stream=sys.stdout)
+    from chief.progress import configure_logging
+
+    configure_logging(sys.stdout)
     try:
         settings = config_module.load(role="chief" if not argv else "probe")
     except ConfigError as exc:

@@ -12,6 +12,18 @@ from shared import results
 
 log = logging.getLogger("ktcluster.progress")
 
+
+def configure_logging(stream) -> None:
+    """The chief's log: a line per trial start and end, progress lines, warnings.
+
+    A busy chief logs hundreds of lines a second, under its lock. The logging HOWTO's own
+    optimisations drop what its format never shows: the caller's file and line (a stack walk per
+    record) and the thread and process fields.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s chief %(message)s", stream=stream)
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 import os
-
-import numpy as np
 
 from shared.atomic import write_text_atomic
 
@@ -18,7 +17,7 @@ LAST_COLUMNS = ["attempts", "message"]  # after the hyperparameters
 def cell(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy's floats too
         return repr(float(value))
     return str(value)
 
