@@ -30,6 +30,14 @@ def _fmt(summary, scale=1.0, digits=1):
     return f"{f.format(summary['median'] * scale)} ({f.format(summary['min'] * scale)}..{f.format(summary['max'] * scale)})"
 
 
+KINDS = ("null", "null-aio", "stock", "ktcluster")  # null first: the ceiling the others are divided by
+
+
+def _spread(values) -> dict:
+    """Median (min, max) of values, e.g. of ratios measured run by run."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def bench_throughput(args, report):
     import tempfile
 
@@ -40,31 +48,42 @@ def bench_throughput(args, report):
         canned = f"{tmp}/trial.pb"
         servers.canned_trial(canned)
         for workers in (1, 8, 64):
-            for kind in ("null", "null-aio", "stock", "ktcluster"):
-                runs = [throughput.run_one(kind, workers, trials, canned) for _ in range(args.repeats)]
-                r = rows[(kind, workers)] = throughput.median_of(runs)
+            # Round-robin: each repeat runs every server once, so a ratio compares runs made
+            # seconds apart (this machine's speed drifts over minutes); ratios are the median of
+            # the per-repeat ratios.
+            runs = {kind: [] for kind in KINDS}
+            for _ in range(args.repeats):
+                for kind in KINDS:
+                    runs[kind].append(throughput.run_one(kind, workers, trials, canned))
+            for kind in KINDS:
+                r = rows[(kind, workers)] = throughput.median_of(runs[kind])
                 w = r["windows"]["all"]
                 print(f"  {kind:9s} {workers:3d} workers: {_fmt(w['rate'])} trials/s, server CPU "
                       f"{_fmt(w['cpu_ms'], digits=2)} ms/trial, CreateTrial p50 {r['p50_ms']['median']:.2f} ms "
                       f"p99 {r['p99_ms']['median']:.2f} ms", flush=True)
-            ceiling = rows[("null", workers)]
-            for kind in ("null-aio", "stock", "ktcluster"):
+            for kind in KINDS[1:]:
                 r = rows[(kind, workers)]
-                print(f"  -> {kind} / ceiling at {workers}: throughput x"
-                      f"{r['windows']['all']['rate']['median'] / ceiling['windows']['all']['rate']['median']:.2f}, "
-                      f"p99 x{r['p99_ms']['median'] / ceiling['p99_ms']['median']:.2f}", flush=True)
+                pairs = list(zip(runs[kind], runs["null"]))
+                r["x_ceiling"] = {
+                    "rate": _spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"] for a, b in pairs]),
+                    "p99": _spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
+                print(f"  -> {kind} / ceiling at {workers}: throughput x{_fmt(r['x_ceiling']['rate'], digits=2)}, "
+                      f"p99 x{_fmt(r['x_ceiling']['p99'], digits=2)}", flush=True)
         growth = {}
         windows = {"early": (100, 600), "late": (growth_trials - 500, growth_trials)}
         for kind in ("stock", "ktcluster"):
-            r = growth[kind] = throughput.median_of(
-                [throughput.run_one(kind, 8, growth_trials, canned, timeout=900, windows=windows)
-                 for _ in range(args.repeats)])
+            runs = [throughput.run_one(kind, 8, growth_trials, canned, timeout=900, windows=windows)
+                    for _ in range(args.repeats)]
+            r = growth[kind] = throughput.median_of(runs)
             early, late = r["windows"]["early"], r["windows"]["late"]
+            r["late_over_early"] = {  # within each run: last window over early window
+                key: _spread([run["windows"]["late"][key] / run["windows"]["early"][key] for run in runs])
+                for key in ("rate", "cpu_ms")}
             print(f"  growth {kind}: trials 100-600 at {early['rate']['median']:.1f}/s "
                   f"({early['cpu_ms']['median']:.2f} CPU ms/trial), last 500 of {growth_trials} at "
                   f"{late['rate']['median']:.1f}/s ({late['cpu_ms']['median']:.2f} CPU ms/trial): "
-                  f"rate x{late['rate']['median'] / early['rate']['median']:.2f}, "
-                  f"CPU per trial x{late['cpu_ms']['median'] / early['cpu_ms']['median']:.2f}", flush=True)
+                  f"rate x{_fmt(r['late_over_early']['rate'], digits=2)}, "
+                  f"CPU per trial x{_fmt(r['late_over_early']['cpu_ms'], digits=2)} (per-run ratios)", flush=True)
     report["throughput"] = {f"{k}@{w}": v for (k, w), v in rows.items()}
     report["growth"] = growth
 
