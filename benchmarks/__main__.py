@@ -155,6 +155,10 @@ def bench_overhead(args, report):
               f"{statistics.median(f['outside'][:9]) * 1000:.0f} ms, last 10 "
               f"{statistics.median(f['outside'][-10:]) * 1000:.0f} ms; RSS MiB "
               f"{', '.join(f'{n}: {v:.0f}' for n, v in at.items())} (growth {growth:+.1%})", flush=True)
+    ours, floor = (statistics.median(r[who]["outside"]) for who in ("ktcluster", "no tuner"))
+    trial = ours + statistics.median(r["ktcluster"]["fit"])
+    print(f"  -> ktcluster's own part of the time outside fit (over the no-tuner floor): "
+          f"{(ours - floor) * 1000:.0f} ms ({(ours - floor) / trial:.1%} of a trial)", flush=True)
     report["overhead"] = r
 
 

@@ -137,7 +137,8 @@ def _fit_log_figures(path: str) -> dict:
 
 def overhead(trials: int) -> dict:
     """The real worker (python -m worker) against the real chief, 1-epoch digits trials, vs stock
-    KerasTuner alone in one process on the same model: time outside fit per trial, RSS per trial."""
+    KerasTuner alone in one process on the same model, and vs the same fits with no tuner at all
+    (benchmarks.plain: the floor): time outside fit per trial, RSS per trial."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         fit_log = f"{tmp}/fits.jsonl"
@@ -149,6 +150,10 @@ def overhead(trials: int) -> dict:
         fit_log = f"{tmp}/fits.jsonl"
         _run([[PY, "-m", "benchmarks.stock_rss", str(trials), fit_log]], [_env(tmp)], tmp)
         out["stock"] = _fit_log_figures(fit_log)
+    with tempfile.TemporaryDirectory() as tmp:
+        fit_log = f"{tmp}/fits.jsonl"
+        _run([[PY, "-m", "benchmarks.plain", str(trials), "1", fit_log]], [_env(tmp)], tmp)
+        out["no tuner"] = _fit_log_figures(fit_log)
     return out
 
 
