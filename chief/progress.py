@@ -24,6 +24,7 @@ def configure_logging(stream) -> None:
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"

@@ -36,11 +36,12 @@ service = protos.get_service()
 # search (the last trials run elsewhere) and the chief waits for every worker to hear STOPPED,
 # so the first pauses are short: from 0.5 s it cost ~1 s of wall time per search.
 IDLE_BACKOFF = (0.1, 5.0)
-RETRY_BACKOFF = (0.5, 5.0)  # likewise between attempts to reach a chief that is down
-# gRPC's own reconnection while the chief is not up yet (workers usually start first): its
-# defaults (first retry after 1 s, growing to 120 s) left a worker idle for up to ~1 s after a
-# quick chief came up, and for minutes after a slow one (a first MNIST download).
-RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 5000))
+RETRY_BACKOFF = (0.5, 5.0)  # first and largest pause between calls that found no chief
+# gRPC's own reconnection while the chief is not up (workers usually start first, and a chief may
+# restart): its defaults (first retry after 1 s, growing to 120 s) left a worker idle for up to
+# ~1 s after a quick chief came up, and for minutes after a slow one (a first MNIST download).
+# A refused connection costs next to nothing, so retry from 0.1 s, growing to 2 s.
+RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
 
 
 class ChiefUnreachable(kt_errors.FatalError):
