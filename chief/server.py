@@ -49,14 +49,13 @@ def _guarded(method):
     return wrapper
 
 
-def _caller(context) -> tuple[str | None, str | None]:
-    meta = rpc.metadata(context)
+def _caller(meta: dict) -> tuple[str | None, str | None]:
+    """Who calls: worker id and process instance (absent from stock workers)."""
     return meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY)
 
 
-def _report(context) -> tuple[str, list[str] | None]:
+def _report(meta: dict) -> tuple[str, list[str] | None]:
     """A finished attempt's message and used hyperparameters (absent from stock workers)."""
-    meta = rpc.metadata(context)
     used = meta.get(rpc.USED_KEY)
     return meta.get(rpc.MESSAGE_KEY, b"").decode("utf-8", "replace"), json.loads(used) if used else None
 
@@ -101,7 +100,7 @@ class OracleServicer(service_grpc.OracleServicer):
 
     @_guarded
     def CreateTrial(self, request, context):
-        _, instance = _caller(context)
+        _, instance = _caller(rpc.metadata(context))
         trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
         hyperparameters = trial.hyperparameters.to_proto()
@@ -111,15 +110,15 @@ class OracleServicer(service_grpc.OracleServicer):
 
     @_guarded
     def UpdateTrial(self, request, context):
-        worker, instance = _caller(context)
+        worker, instance = _caller(rpc.metadata(context))
         trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step,
                                               worker=worker, instance=instance)
         return service.UpdateTrialResponse(trial=self._proto(trial))
 
     @_guarded
     def EndTrial(self, request, context):
-        worker, instance = _caller(context)
-        message, used = _report(context)
+        meta = rpc.metadata(context)
+        (worker, instance), (message, used) = _caller(meta), _report(meta)
         sent = self._sent.pop(request.trial.trial_id, None)
         if sent and request.trial.hyperparameters == sent[1]:
             trial = trial_module.Trial(sent[0], trial_id=request.trial.trial_id,
