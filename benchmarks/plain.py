@@ -27,7 +27,7 @@ def main(trials: int, epochs: int, fit_log: str = "") -> None:
 
     from benchmarks.models import fixed_cost, fixed_cost_timed
     from shared import data
-    from worker.runner import _gradient_registry, release_traced_gradients
+    from worker.runner import gradient_names, release_traced_gradients
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -41,7 +41,7 @@ def main(trials: int, epochs: int, fit_log: str = "") -> None:
         first = time.time()
         for _ in range(trials):
             keras.backend.clear_session()
-            before = set(_gradient_registry())
+            before = gradient_names()
             model = build(kt.HyperParameters())
             model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_val, ds.y_val), epochs=epochs, verbose=0,
                       callbacks=callbacks)

@@ -30,6 +30,11 @@ def _gradient_registry() -> dict:
     return getattr(getattr(ops, "_gradient_registry", None), "_registry", {})
 
 
+def gradient_names() -> set[str]:
+    """The gradient functions registered now: what `release_traced_gradients` keeps."""
+    return set(_gradient_registry())
+
+
 def release_traced_gradients(before: set[str]) -> int:
     """Drop the `CustomGradient-*` entries registered since `before`; return how many.
 
@@ -92,7 +97,7 @@ class ClusterTuner(kt.Tuner):
 
     def on_trial_begin(self, trial):
         self._used = set()
-        self._gradients_before = set(_gradient_registry())
+        self._gradients_before = gradient_names()
         log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
                  self.oracle.attempts.get(trial.trial_id, 1), trial.hyperparameters.values)
         super().on_trial_begin(trial)
