@@ -7,10 +7,13 @@ KIND:
 - ktcluster: what `python -m chief` serves (chief.server.bind + chief.coordinator.Coordinator +
   chief.server.serve), without the dataset and model start-up;
 - null: the same Oracle service doing no work (a canned RUNNING trial, empty replies): the ceiling
-  for Python gRPC on this machine. It imports neither KerasTuner nor TensorFlow.
+  for Python gRPC on this machine. It imports neither KerasTuner nor TensorFlow. Two handler
+  threads, as the chief: the fastest pool for a do-nothing server here too (gRPC's usual 8 serve
+  15-25% fewer trials per second, so a ceiling measured with 8 would be too low).
 - null-aio: the same on grpc.aio (one event-loop thread instead of a thread pool), to check that
   an asyncio server would not raise that ceiling.
-BENCH_SERVER_THREADS=N gives the ktcluster server N handler threads instead of the chief's default.
+BENCH_SERVER_THREADS=N gives the null and ktcluster servers N handler threads instead of 2 (the
+chief's default), to compare pool sizes.
 Same oracle type (RandomSearch) and search space for stock and ktcluster.
 """
 
@@ -80,6 +83,11 @@ def _null_replies(canned_path: str):
     }
 
 
+def _threads() -> int:
+    """Handler threads of the null and ktcluster servers: BENCH_SERVER_THREADS, else the chief's 2."""
+    return int(os.environ.get("BENCH_SERVER_THREADS") or 2)
+
+
 def serve_null(canned_path: str) -> None:
     from concurrent import futures
 
@@ -93,7 +101,7 @@ def serve_null(canned_path: str) -> None:
     for name, make in replies.items():
         setattr(Null, name, lambda self, request, context, make=make: make())
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))  # grpc's usual pool (the chief uses 2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=_threads()))
     service_grpc.add_OracleServicer_to_server(Null(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -166,8 +174,7 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
     from chief.server import bind, serve
 
     progress.configure_logging(sys.stderr)
-    threads = os.environ.get("BENCH_SERVER_THREADS")  # to compare handler pool sizes; default: the chief's
-    server, port = bind("127.0.0.1:0", **({"max_workers": int(threads)} if threads else {}))
+    server, port = bind("127.0.0.1:0", max_workers=_threads())
     oracle = space_oracle(max_trials, state_dir)
     coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog())
     coordinator.save_state()
