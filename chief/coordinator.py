@@ -498,6 +498,10 @@ class Coordinator:
         with self._locked() as oracle:
             return oracle.get_trial(trial_id)
 
+    def running_trial_ids(self) -> set[str]:
+        with self._lock:
+            return {trial.trial_id for trial in self.oracle.ongoing_trials.values()}
+
     def get_best_trials(self, num_trials=1):
         with self._locked() as oracle:
             return oracle.get_best_trials(num_trials)

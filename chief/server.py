@@ -79,11 +79,28 @@ class OracleServicer(service_grpc.OracleServicer):
     hyperparameters equal it (a proto comparison, ~1 us) reuses the object instead of parsing
     the space again (~100 us for the MNIST example's space). Anything else (a build that added
     hyperparameters, a stock worker's re-encoding) takes KerasTuner's own parse.
+
+    A trial that ends without a result (its worker's lease expired, out of retries) leaves its
+    entry behind; entries of trials no longer running are dropped whenever the table has doubled
+    since the last sweep, so it stays about as large as the number of running trials. A dropped
+    entry only costs the full parse, never a wrong result.
     """
+
+    SWEEP_MIN = 64
 
     def __init__(self, coordinator):
         self.coordinator = coordinator
         self._sent: dict[str, tuple] = {}  # running trial id -> (HyperParameters, its proto)
+        self._sweep_at = self.SWEEP_MIN
+
+    def _remember(self, trial, proto) -> None:
+        self._sent[trial.trial_id] = (trial.hyperparameters, proto)
+        if len(self._sent) >= self._sweep_at:
+            running = self.coordinator.running_trial_ids()
+            for trial_id in list(self._sent):
+                if trial_id not in running:
+                    self._sent.pop(trial_id, None)
+            self._sweep_at = max(2 * len(self._sent), self.SWEEP_MIN)
 
     def _proto(self, trial):
         sent = self._sent.get(trial.trial_id)
@@ -105,7 +122,7 @@ class OracleServicer(service_grpc.OracleServicer):
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
         hyperparameters = trial.hyperparameters.to_proto()
         if trial.status == trial_module.TrialStatus.RUNNING:
-            self._sent[trial.trial_id] = (trial.hyperparameters, hyperparameters)
+            self._remember(trial, hyperparameters)
         return service.CreateTrialResponse(trial=trial_proto(trial, hyperparameters))
 
     @_guarded

@@ -10,8 +10,9 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
 from chief.coordinator import Coordinator
-from chief.server import bind, serve, trial_proto
-from tests.unit.test_coordinator import make_oracle
+from chief.server import OracleServicer, bind, serve, trial_proto
+from shared import rpc
+from tests.unit.test_coordinator import Clock, finish, make_oracle
 
 service = protos.get_service()
 COMPLETED = protos.get_proto().TrialStatus.COMPLETED
@@ -89,3 +90,42 @@ def test_a_result_whose_build_added_hyperparameters_grows_the_space(chief, parse
     assert len(parses) == 1
     assert "layers" in {hp.name for hp in coordinator.get_space().space}
     assert coordinator.get_trial(proto.trial_id).hyperparameters.values["layers"] == 1
+
+
+class InProcessContext:
+    """What the servicer reads from and writes to a gRPC context, for calls made in process."""
+
+    def __init__(self, worker: str):
+        self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid"))
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+    def abort(self, code, details):
+        raise AssertionError(f"{code}: {details}")
+
+
+def test_trials_lost_with_their_workers_leave_nothing_behind(tmp_path):
+    """A trial whose worker vanished (lease expired, no retry left) never sends a result, so the
+    servicer's table of what it sent must be swept, or it grows by one entry per such trial."""
+    clock, oracle = Clock(), make_oracle(tmp_path, max_trials=1000, retries=0)
+    space = oracle.get_space()
+    space.Float("y", 0.0, 1.0)  # room for hundreds of distinct trials
+    oracle.update_space(space)
+    coordinator = Coordinator(oracle, lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    servicer = OracleServicer(coordinator)
+    try:
+        for n in range(300):
+            done, lost = f"done-{n}", f"lost-{n}"  # a completed trial between losses: no failure streak
+            trial = servicer.CreateTrial(service.CreateTrialRequest(tuner_id=done), InProcessContext(done)).trial
+            finish(coordinator, coordinator.get_trial(trial.trial_id), done)
+            servicer.CreateTrial(service.CreateTrialRequest(tuner_id=lost), InProcessContext(lost))
+            clock.now += 11
+            assert len(coordinator.expire_leases()) == 1
+        assert coordinator.progress()["failed"] == 300 and not coordinator.running_trial_ids()
+        assert len(servicer._sent) < OracleServicer.SWEEP_MIN
+    finally:
+        coordinator.close()
