@@ -128,6 +128,7 @@ def run(settings) -> int:
     log.info(progress.final_report(snap, settings.project_results_dir))
     if snap["best"] is not None:
         _save_best_model(snap["best"], oracle, build_model, settings.project_results_dir)
+    _give_results_away(settings)
     if snap["fatal"]:
         return _fail(1, f"search stopped: {snap['fatal']}")
     coordinator.mark_finished(progress.summary_record(snap))
@@ -171,6 +172,16 @@ def _save_best_model(best, oracle, build_model, results_dir) -> None:
     path = os.path.join(results_dir, "best_model.keras")
     model.save(path)
     log.info("best model (trial %s) saved to %s", best.trial_id, path)
+
+
+def _give_results_away(settings) -> None:
+    """The results belong to whoever owns the results folder (in Compose: the user's ./results)."""
+    from shared import results
+
+    try:
+        results.give_to_folder_owner(settings.results_dir, settings.project_results_dir)
+    except OSError as exc:  # e.g. a host folder that refuses chown: the files are there all the same
+        log.warning("results in %s keep their owner: %s", settings.project_results_dir, exc)
 
 
 def _on_sigterm(signum, frame):

@@ -55,3 +55,24 @@ def write(results_dir: str, rows, hp_names, best) -> None:
     write_text_atomic(
         os.path.join(results_dir, "best_hyperparameters.json"), json.dumps(best, indent=2, sort_keys=True) + "\n"
     )
+
+
+def give_to_folder_owner(root: str, path: str) -> int:
+    """Give `path` and everything in it the owner of `root`; return how many entries changed.
+
+    In Compose, `root` is the user's ./results, bind-mounted, and the chief runs as root: what it
+    writes there would belong to root, and the user could not delete or overwrite it without sudo.
+    The folder ships with the repository, so it belongs to whoever cloned it. Only root may give
+    files away, so anyone else (a local run) changes nothing.
+    """
+    if os.geteuid() != 0:
+        return 0
+    owner = os.stat(root)
+    changed = 0
+    for folder, folders, files in os.walk(path):
+        for entry in [folder] + [os.path.join(folder, name) for name in folders + files]:
+            st = os.lstat(entry)
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.lchown(entry, owner.st_uid, owner.st_gid)
+                changed += 1
+    return changed

@@ -3,6 +3,7 @@ runs, check everything from the host (TensorBoard's HTTP API, the results folder
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -10,11 +11,15 @@ from tests.e2e.compose import new_stack
 from tests.procs import hparams_session_groups, http_json, wait_until
 
 MAX_TRIALS = 8
+USER = (4321, 4322)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "results").mkdir()
+    if os.geteuid() == 0:  # a results folder of a user other than the containers' root
+        os.chown(tmp / "results", *USER)
     stack = new_stack("ktce2e", tmp, KTC_DATASET="digits", KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=8, KTC_SEED=1,
                       KTC_TF_THREADS=1, KTC_STOP_GRACE_SECONDS=20, KTC_PROJECT="e2e")
     try:
@@ -64,6 +69,13 @@ def test_status_command_in_the_finished_cluster(stack):
 
 def test_best_model_file_on_the_host(stack):
     assert (stack["results"] / "best_model.keras").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the results folder could not be given to another user")
+def test_results_belong_to_the_owner_of_the_results_folder(stack):
+    """The chief runs as root in its container; it gives what it wrote to the folder's owner."""
+    paths = [stack["results"], *stack["results"].rglob("*")]
+    assert len(paths) >= 4 and {(p.stat().st_uid, p.stat().st_gid) for p in paths} == {USER}, paths
 
 
 def test_tensorboard_serves_every_trial_from_the_host(stack):

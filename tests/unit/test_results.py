@@ -1,8 +1,10 @@
 import csv
 import json
+import os
 
 import keras_tuner as kt
 import numpy as np
+import pytest
 
 from chief import progress
 from shared import results
@@ -83,3 +85,22 @@ def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
         c.finished.set()
         log(c)  # within the interval, but the search is over
         assert lines()[-1].split()[1] == "10/10"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_results_belong_to_the_owner_of_the_results_folder(tmp_path):
+    """The chief runs as root in Compose; the user's ./results must not fill with root's files."""
+    root = tmp_path / "results"
+    root.mkdir()
+    os.chown(root, 4321, 4322)
+    project = root / "proj"
+    snap = {"trials": [_trial("0", "COMPLETED", 0.9, units_0=64)], "runs": {"0": {"worker": "w", "attempts": 1}},
+            "running": {}, "max_trials": 1, "objective": kt.Objective("val_accuracy", "max"), "best": None,
+            "space": ["units_0"]}
+    progress.write_results(snap, str(project))
+    (project / "nested").mkdir()
+    (project / "nested" / "model.keras").write_bytes(b"x")
+    assert results.give_to_folder_owner(str(root), str(project)) == 5  # the folders and the files
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in [project, *project.rglob("*")]}
+    assert owners == {(4321, 4322)}
+    assert results.give_to_folder_owner(str(root), str(project)) == 0
