@@ -68,11 +68,13 @@ def give_to_folder_owner(root: str, path: str) -> int:
     if os.geteuid() != 0:
         return 0
     owner = os.stat(root)
-    changed = 0
+    entries = [path]  # then each folder's contents, so every entry is looked at once
     for folder, folders, files in os.walk(path):
-        for entry in [folder] + [os.path.join(folder, name) for name in folders + files]:
-            st = os.lstat(entry)
-            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                os.lchown(entry, owner.st_uid, owner.st_gid)
-                changed += 1
+        entries += [os.path.join(folder, name) for name in folders + files]
+    changed = 0
+    for entry in entries:
+        st = os.lstat(entry)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.lchown(entry, owner.st_uid, owner.st_gid)
+            changed += 1
     return changed
