@@ -33,11 +33,6 @@ def _fmt(summary, scale=1.0, digits=1):
 KINDS = ("null", "null-aio", "stock", "ktcluster")  # null first: the ceiling the others are divided by
 
 
-def _spread(values) -> dict:
-    """Median (min, max) of values, e.g. of ratios measured run by run."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def bench_throughput(args, report):
     import tempfile
 
@@ -65,8 +60,9 @@ def bench_throughput(args, report):
                 r = rows[(kind, workers)]
                 pairs = list(zip(runs[kind], runs["null"]))
                 r["x_ceiling"] = {
-                    "rate": _spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"] for a, b in pairs]),
-                    "p99": _spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
+                    "rate": throughput.spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"]
+                                               for a, b in pairs]),
+                    "p99": throughput.spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
                 print(f"  -> {kind} / ceiling at {workers}: throughput x{_fmt(r['x_ceiling']['rate'], digits=2)}, "
                       f"p99 x{_fmt(r['x_ceiling']['p99'], digits=2)}", flush=True)
         growth = {}
@@ -77,7 +73,7 @@ def bench_throughput(args, report):
             r = growth[kind] = throughput.median_of(runs)
             early, late = r["windows"]["early"], r["windows"]["late"]
             r["late_over_early"] = {  # within each run: last window over early window
-                key: _spread([run["windows"]["late"][key] / run["windows"]["early"][key] for run in runs])
+                key: throughput.spread([run["windows"]["late"][key] / run["windows"]["early"][key] for run in runs])
                 for key in ("rate", "cpu_ms")}
             print(f"  growth {kind}: trials 100-600 at {early['rate']['median']:.1f}/s "
                   f"({early['cpu_ms']['median']:.2f} CPU ms/trial), last 500 of {growth_trials} at "

@@ -193,6 +193,11 @@ def run_one(kind: str, workers: int, trials: int, canned: str, timeout: float = 
             "windows": spans}
 
 
+def spread(values) -> dict:
+    """Median (min, max) of values: of one figure over repeated runs, or of ratios run by run."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def median_of(runs: list[dict]) -> dict:
     """Median of each figure over repeated runs, with (min, max) of each."""
     def values(get):
@@ -200,7 +205,7 @@ def median_of(runs: list[dict]) -> dict:
 
     def summary(get):
         v = values(get)
-        return {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
+        return spread(v) if v else None
 
     merged = {"server": runs[0]["server"], "workers": runs[0]["workers"], "repeats": len(runs),
               "trials": summary(lambda r: r["trials"]), "p50_ms": summary(lambda r: r["p50_ms"]),
