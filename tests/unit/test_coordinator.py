@@ -374,6 +374,55 @@ def test_update_trial_keeps_stock_results_without_its_discarded_best_value_scans
     c.close()
 
 
+def test_scores_match_keras_tuners_own():
+    """best_of gives what stock's numpy scoring gives: NaN ignored, all-NaN histories, ties (the
+    first step wins), several executions per step, both directions."""
+    import math
+    import random
+
+    from keras_tuner.src.engine.metrics_tracking import MetricHistory
+
+    from chief.coordinator import best_of
+
+    rng = random.Random(0)
+    pool = [0.1, 0.5, 0.5, 0.9, float("nan"), float("inf"), -1.0]
+    cases = [[], [float("nan")], [float("nan"), float("nan")], [0.5, 0.5], [[0.2, 0.4], [0.3]]]
+    cases += [[rng.choice(pool) if rng.random() < 0.8 else [rng.choice(pool), rng.random()]
+               for _ in range(rng.randint(1, 6))] for _ in range(300)]
+    for values in cases:
+        for direction in ("min", "max"):
+            history = MetricHistory(direction)
+            for step, value in enumerate(values):
+                history.update(value, step=step // 2)  # two reports per step: an execution each
+            best, step = best_of(history)
+            stock_best, stock_step = history.get_best_value(), history.get_best_step()
+            assert step == stock_step, (values, direction)
+            assert (best is None and stock_best is None) or best == stock_best or (
+                math.isnan(best) and math.isnan(stock_best)), (values, direction)
+
+
+def test_trials_are_scored_as_stock_scores_them(tmp_path):
+    """End to end through the coordinator: same score, best step and status as the stock oracle
+    (a NaN-only objective makes the attempt INVALID, as stock does)."""
+    stock = make_oracle(tmp_path / "stock", retries=0)
+    c = coordinator(tmp_path / "ours", Clock(), retries=0)
+    c.register("w1", "i1")
+    for reports in ([0.2, 0.8, 0.8, 0.1], [float("nan")]):
+        ours, _ = c.create_trial("w1", "i1")
+        theirs = stock.create_trial("w1")
+        for step, value in enumerate(reports):
+            c.update_trial(ours.trial_id, {"score": value}, step=step, worker="w1")
+            stock.update_trial(theirs.trial_id, {"score": value}, step=step)
+        ours.status = theirs.status = "COMPLETED"
+        c.end_trial(ours, "w1", "i1")
+        stock.end_trial(theirs)
+        ours, theirs = c.oracle.trials[ours.trial_id], stock.trials[theirs.trial_id]
+        assert (ours.status, ours.best_step) == (theirs.status, theirs.best_step)
+        assert ours.score == theirs.score or (ours.score != ours.score and theirs.score != theirs.score)
+    assert c.oracle.score_trial.__qualname__ == "_score_trial.<locals>.score_trial"
+    c.close()
+
+
 def test_space_copies_match_keras_tuners_own(tmp_path):
     """`create_trial` copies the space per trial without Keras's deserializer: same objects, every
     hyperparameter type, conditions, values; the copy is independent; a restarted chief has it too."""
