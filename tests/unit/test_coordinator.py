@@ -423,6 +423,50 @@ def test_trials_are_scored_as_stock_scores_them(tmp_path):
     c.close()
 
 
+def test_random_values_match_keras_tuners_own(tmp_path):
+    """Same seed, same values in the same order as stock's `_random_values`: conditional
+    hyperparameters, a name used under two conditions, and a space that runs out of new values."""
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    hp = HyperParameters()
+    model_type = hp.Choice("model_type", ["mlp", "cnn"])
+    with hp.conditional_scope("model_type", ["mlp"]):
+        hp.Int("units", 32, 512, step=32)
+        hp.Int("layers", 1, 3)
+    with hp.conditional_scope("model_type", ["cnn"]):
+        hp.Int("units", 8, 64)
+        hp.Int("filters", 8, 64, sampling="log")
+    hp.Float("dropout", 0.0, 0.5)
+    hp.Boolean("batch_norm")
+    assert model_type == "mlp"
+    stock = make_oracle(tmp_path / "stock")
+    c = coordinator(tmp_path / "ours", Clock())
+    for oracle in (stock, c.oracle):
+        oracle.update_space(hp)
+    ours = [c.oracle._random_values() for _ in range(60)]
+    assert ours == [stock._random_values() for _ in range(60)] and c.oracle._seed_state == stock._seed_state
+    assert {v["model_type"] for v in ours} == {"mlp", "cnn"} and all(("filters" in v) == (v["model_type"] == "cnn")
+                                                                       for v in ours)
+
+    tiny = HyperParameters()
+    tiny.Boolean("flag")
+    stock, c = make_oracle(tmp_path / "stock2"), coordinator(tmp_path / "ours2", Clock())
+    for oracle in (stock, c.oracle):
+        oracle.hyperparameters = tiny.copy()
+        oracle._max_collisions = 3
+    drawn = []
+    for _ in range(3):  # two new values, then none left
+        values = [oracle._random_values() for oracle in (stock, c.oracle)]
+        assert values[0] == values[1]
+        drawn.append(values[0])
+        for oracle in (stock, c.oracle):
+            if values[0] is not None:
+                oracle._tried_so_far.add(oracle._compute_values_hash(values[0]))
+    assert drawn[2] is None and {v["flag"] for v in drawn[:2]} == {True, False}
+    assert c.oracle._seed_state == stock._seed_state
+    c.close()
+
+
 def test_space_copies_match_keras_tuners_own(tmp_path):
     """`create_trial` copies the space per trial without Keras's deserializer: same objects, every
     hyperparameter type, conditions, values; the copy is independent; a restarted chief has it too."""
