@@ -162,20 +162,24 @@ def _check_consecutive_failures(oracle):
     return check
 
 
-def _update_trial(oracle):
+def _update_trial(oracle, saved):
     """Stock `update_trial` without the part whose result it discards: `MetricsTracker.update`
     computes the best value before and after each report (numpy over the whole history, twice)
-    only to return whether it improved."""
+    only to return whether it improved. `saved(trial, step, values, directions)` records what the
+    report added (and the direction of each metric new to the trial) instead of the whole trial."""
 
     def update_trial(trial_id, metrics, step=0):
         trial = oracle.trials[trial_id]
         oracle._check_objective_found(metrics)
+        values, directions = {}, {}
         for name, value in metrics.items():
             if not trial.metrics.exists(name):
                 trial.metrics.register(name, direction=oracle_module._maybe_infer_direction_from_objective(
                     oracle.objective, name))
-            trial.metrics.metrics[name].update(float(value), step=step)
-        oracle._save_trial(trial)
+                directions[name] = trial.metrics.metrics[name].direction
+            values[name] = float(value)
+            trial.metrics.metrics[name].update(values[name], step=step)
+        saved(trial, step, values, directions)
         return trial
 
     return update_trial
@@ -263,9 +267,10 @@ def fast_space_copies(hyperparameters) -> None:
 
 
 def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
-    """Trial states journaled (one append) and their files written behind, atomic state files
-    (write + rename), an O(1) failure check, trial folders made once (stock asks TensorFlow's
-    gfile to create them on every call), and the hot calls without KerasTuner's own lock
+    """Trial states journaled (one append; a progress report as what it added) and their files
+    written behind, atomic state files (write + rename), an O(1) failure check, trial folders
+    made once (stock asks TensorFlow's gfile to create them on every call), and the hot calls
+    without KerasTuner's own lock
     (`update_trial` also without its discarded best-value scans), scoring without numpy, and
     random values drawn without a scratch copy of the space."""
     project_dir = oracle._project_dir
@@ -283,13 +288,17 @@ def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
         journal.record_trial(state)
         writer.trial_changed(state)
 
+    def save_metrics(trial, step, values, directions):
+        journal.record_metrics(trial.trial_id, step, values, directions)
+        writer.trial_changed(trial.get_state())
+
     for name in ("create_trial", "end_trial"):
         setattr(oracle, name, types.MethodType(_unsynchronized(getattr(type(oracle), name)), oracle))
     oracle.save = writer.save
     oracle._get_trial_dir = trial_dir
     oracle._save_trial = save_trial
     oracle._check_consecutive_failures = _check_consecutive_failures(oracle)
-    oracle.update_trial = _update_trial(oracle)
+    oracle.update_trial = _update_trial(oracle, save_metrics)
     if type(oracle).score_trial is oracle_module.Oracle.score_trial:  # an oracle's own scoring stays
         oracle.score_trial = _score_trial(oracle)
     if type(oracle)._random_values is oracle_module.Oracle._random_values:

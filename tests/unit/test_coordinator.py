@@ -230,6 +230,55 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
                                                             for t in again.oracle.trials}
 
 
+def test_journal_replays_every_trial_state_exactly(tmp_path):
+    """The journal keeps a trial's space by reference and a progress report as what it added;
+    replayed after a kill -9 (and across a restart, which appends to the same file) it must give
+    every trial's state exactly as the live oracle had it: reports at a new step, a second value
+    at the same step, a metric first seen mid-trial, NaN, a space that grew mid-search."""
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    from chief.journal import RunJournal
+
+    def run(c, worker, reports, status="COMPLETED"):
+        trial, _ = c.create_trial(worker, worker)
+        for step, metrics in reports:
+            c.update_trial(trial.trial_id, metrics, step=step, worker=worker)
+        if status:
+            trial.status = status
+            c.end_trial(trial, worker, worker)
+        return trial
+
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=20)
+    for w in ("w1", "w2"):
+        c.register(w, w)
+    reports = [(0, {"score": 0.5}), (1, {"score": 0.7, "loss": 2.0}), (1, {"score": 0.6}),
+               (3, {"score": float("nan")}), (2, {"score": 0.65})]
+    run(c, "w1", reports)
+    run(c, "w1", [(0, {"score": 0.1})], status="INVALID")  # re-queued for a retry
+    grown = HyperParameters()
+    grown.Float("lr", 1e-4, 1e-2, sampling="log")
+    c.update_space(grown)
+    run(c, "w2", [(0, {"score": 0.9})])
+    run(c, "w1", reports, status=None)  # still running at the crash: its journal has only the reports
+    expected = {t: trial.get_state() for t, trial in c.oracle.trials.items()}
+    kill_9(c, tmp_path)
+
+    again = Coordinator(make_oracle(tmp_path, max_trials=20), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    again.register("w3", "w3")
+    run(again, "w3", [(0, {"score": 0.3}), (1, {"val_loss": 0.5, "score": 0.4})])
+    expected.update({t: trial.get_state() for t, trial in again.oracle.trials.items()})
+    kill_9(again, tmp_path)
+
+    _, states = RunJournal.replay(str(tmp_path / "proj" / "ktcluster-runs.jsonl"))
+    assert json.dumps(states, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert {len(s["hyperparameters"]["space"]) for s in states.values()} == {1, 2}
+    events = journal(tmp_path)
+    assert sum(e["event"] == "space" for e in events) == 3  # x; x and lr; x and lr after the restart
+    assert not any(e["event"] == "trial" and isinstance(e["state"]["hyperparameters"]["space"], list)
+                   for e in events)
+
+
 def test_status_reads_the_journal_when_state_files_lag(tmp_path):
     """`python -m chief status` on a running (or killed) chief whose trial files are behind."""
     import types
