@@ -15,7 +15,7 @@ import time
 
 from benchmarks import cluster, servers, throughput
 
-NAMES = ("throughput", "bayesian", "scaling", "optuna", "overhead", "startup", "idle", "docker")
+NAMES = ("throughput", "inprocess", "bayesian", "scaling", "optuna", "overhead", "startup", "idle", "docker")
 
 
 def _median(runs, key):
@@ -82,6 +82,14 @@ def bench_throughput(args, report):
                   f"CPU per trial x{_fmt(r['late_over_early']['cpu_ms'], digits=2)} (per-run ratios)", flush=True)
     report["throughput"] = {f"{k}@{w}": v for (k, w), v in rows.items()}
     report["growth"] = growth
+
+
+def bench_inprocess(args, report):
+    r = throughput.chief_ms_per_trial(trials=1000 if args.quick else 3000, repeats=args.repeats)
+    print(f"  chief in process (servicer + coordinator, no gRPC): {r['warm_ms']:.3f} ms per trial with warm "
+          f"caches, {r['cold_ms']:.3f} ms with {r['flush_mib']} MiB streamed through the caches before each "
+          f"call (x{r['cold_ms'] / r['warm_ms']:.1f})", flush=True)
+    report["inprocess"] = r
 
 
 def bench_bayesian(args, report):

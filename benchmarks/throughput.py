@@ -260,3 +260,80 @@ def bayesian_ms_per_trial(checkpoints=(100, 500), window: int = 10) -> dict:
             out[kind][n] = {"gp_ms": 1000 * statistics.median(times[n - window:]),
                             "random_ms": 1000 * statistics.median(times[max(n - window - 50, 0):n - window])}
     return out
+
+
+class _StockWorkerContext:
+    """The part of a gRPC context the servicer uses, for calls made in process by a worker that
+    sends no ktcluster metadata (as the simulated workers above)."""
+
+    def invocation_metadata(self):
+        return ()
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+    def abort(self, code, details):
+        raise RuntimeError(f"{code}: {details}")
+
+
+def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16) -> dict:
+    """The chief's own CPU per trial (servicer + coordinator, in process, no gRPC) with warm caches
+    and with `flush_mib` MiB streamed through the caches before every call, as happens when the
+    server shares its cores with other processes: how much of its cost under load is cache misses.
+
+    The same create -> update -> end loop as the simulated workers, on the benchmark's oracle and
+    the chief's logging (to /dev/null); thread CPU time of the calls only. Medians of `repeats`
+    rounds, each a warm and a cold run of `trials` trials, interleaved.
+    """
+    import gc
+    import logging
+
+    from benchmarks.servers import space_oracle
+    from chief import progress
+    from chief.coordinator import Coordinator
+    from chief.server import OracleServicer
+
+    from keras_tuner.src import protos
+
+    service, completed = protos.get_service(), protos.get_proto().TrialStatus.COMPLETED
+    context, scratch = _StockWorkerContext(), bytearray(flush_mib << 20)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with tempfile.TemporaryDirectory() as state, open(os.devnull, "w") as devnull:
+        root.handlers = []
+        progress.configure_logging(devnull)
+        oracle = space_oracle(2 * repeats * trials + 1000, state)
+        coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog())
+        servicer = OracleServicer(coordinator)
+        gc.freeze()  # as chief.server.serve
+        gc.set_threshold(10_000, 20, 20)
+
+        def loop(n: int, cold: bool) -> float:
+            def call(method, request):
+                if cold:
+                    bytes(scratch)
+                t0 = time.thread_time()
+                reply = method(request, context)
+                return reply, time.thread_time() - t0
+
+            spent = 0.0
+            for i in range(n):
+                reply, create = call(servicer.CreateTrial, service.CreateTrialRequest(tuner_id=f"sim-{i % 8}"))
+                trial = reply.trial
+                _, update = call(servicer.UpdateTrial, service.UpdateTrialRequest(
+                    trial_id=trial.trial_id, metrics={"val_accuracy": 0.5}, step=0))
+                trial.status = completed
+                _, end = call(servicer.EndTrial, service.EndTrialRequest(trial=trial))
+                spent += create + update + end
+            return 1000 * spent / n
+
+        try:
+            loop(200, cold=False)  # warm-up
+            rounds = [(loop(trials, cold=False), loop(trials, cold=True)) for _ in range(repeats)]
+            coordinator.close()
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(700, 10, 10)
+            root.handlers, root.level = handlers, level
+    warm, cold = (statistics.median(r[k] for r in rounds) for k in (0, 1))
+    return {"trials": trials, "flush_mib": flush_mib, "warm_ms": warm, "cold_ms": cold, "rounds": rounds}
