@@ -33,11 +33,17 @@ def _fmt(summary, scale=1.0, digits=1):
 KINDS = ("null", "null-aio", "stock", "ktcluster")  # null first: the ceiling the others are divided by
 
 
+def _server(kind: str, args) -> tuple[str, str]:
+    """(server kind, checkout it runs from): "baseline" is ktcluster's chief from --baseline."""
+    return ("ktcluster", os.path.abspath(args.baseline)) if kind == "baseline" else (kind, throughput.ROOT)
+
+
 def bench_throughput(args, report):
     import tempfile
 
     trials = 600 if args.quick else 2000
     growth_trials = 1000 if args.quick else 5000
+    kinds = KINDS + (("baseline",) if args.baseline else ())
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         canned = f"{tmp}/trial.pb"
@@ -46,17 +52,18 @@ def bench_throughput(args, report):
             # Round-robin: each repeat runs every server once, so a ratio compares runs made
             # seconds apart (this machine's speed drifts over minutes); ratios are the median of
             # the per-repeat ratios.
-            runs = {kind: [] for kind in KINDS}
+            runs = {kind: [] for kind in kinds}
             for _ in range(args.repeats):
-                for kind in KINDS:
-                    runs[kind].append(throughput.run_one(kind, workers, trials, canned))
-            for kind in KINDS:
+                for kind in kinds:
+                    server, root = _server(kind, args)
+                    runs[kind].append(throughput.run_one(server, workers, trials, canned, root=root))
+            for kind in kinds:
                 r = rows[(kind, workers)] = throughput.median_of(runs[kind])
                 w = r["windows"]["all"]
                 print(f"  {kind:9s} {workers:3d} workers: {_fmt(w['rate'])} trials/s, server CPU "
                       f"{_fmt(w['cpu_ms'], digits=2)} ms/trial, CreateTrial p50 {r['p50_ms']['median']:.2f} ms "
                       f"p99 {r['p99_ms']['median']:.2f} ms", flush=True)
-            for kind in KINDS[1:]:
+            for kind in kinds[1:]:
                 r = rows[(kind, workers)]
                 pairs = list(zip(runs[kind], runs["null"]))
                 r["x_ceiling"] = {
@@ -65,6 +72,17 @@ def bench_throughput(args, report):
                     "p99": throughput.spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
                 print(f"  -> {kind} / ceiling at {workers}: throughput x{_fmt(r['x_ceiling']['rate'], digits=2)}, "
                       f"p99 x{_fmt(r['x_ceiling']['p99'], digits=2)}", flush=True)
+            if args.baseline:
+                pairs = list(zip(runs["ktcluster"], runs["baseline"]))
+                rows[("ktcluster", workers)]["x_baseline"] = {
+                    "rate": throughput.spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"]
+                                               for a, b in pairs]),
+                    "cpu_ms": throughput.spread([a["windows"]["all"]["cpu_ms"] / b["windows"]["all"]["cpu_ms"]
+                                                 for a, b in pairs]),
+                    "p99": throughput.spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
+                x = rows[("ktcluster", workers)]["x_baseline"]
+                print(f"  -> ktcluster / baseline at {workers}: throughput x{_fmt(x['rate'], digits=2)}, server CPU "
+                      f"per trial x{_fmt(x['cpu_ms'], digits=2)}, p99 x{_fmt(x['p99'], digits=2)}", flush=True)
         growth = {}
         windows = {"early": (100, 600), "late": (growth_trials - 500, growth_trials)}
         for kind in ("stock", "ktcluster"):
@@ -196,6 +214,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (median); default 3, quick 1")
     parser.add_argument("--only", nargs="*", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="throughput: also run the chief of another "
+                        "checkout (e.g. `git worktree add /tmp/base <commit>`) in the same rounds, and compare")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),

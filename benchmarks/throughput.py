@@ -121,8 +121,11 @@ def _readline(stream, timeout: float) -> str:
 
 
 def run_one(kind: str, workers: int, trials: int, canned: str, timeout: float = 300,
-            windows: dict[str, tuple[int, int]] | None = None) -> dict:
+            windows: dict[str, tuple[int, int]] | None = None, root: str = ROOT) -> dict:
     """Start a `kind` server, drive it with `workers` simulated workers for `trials` trials.
+
+    `root`: the checkout whose server code runs (another commit's, to compare two versions of the
+    chief in one invocation); the clients always run this one's.
 
     `windows` names trial ranges [a, b) (by order of completion) to report rate and server CPU
     per trial over; "all" (every trial) is always reported.
@@ -130,8 +133,8 @@ def run_one(kind: str, workers: int, trials: int, canned: str, timeout: float = 
     processes = min(workers, CLIENT_PROCESSES)
     with tempfile.TemporaryDirectory() as state:
         server = subprocess.Popen([sys.executable, "-m", "benchmarks.servers", kind, str(trials), state, canned],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                  env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                  cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"})
         clients = []
         try:
             line = _readline(server.stdout, 120)
