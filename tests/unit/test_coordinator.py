@@ -279,6 +279,31 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
                    for e in events)
 
 
+def test_journal_written_before_space_lines_still_replays(tmp_path):
+    """A journal from before `space` and `metrics` lines holds whole states, space included: a
+    chief upgraded in place must still read it, and append to it in the new form."""
+    from chief.journal import RunJournal
+
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    finish(c, trial, "w1")
+    state = c.oracle.trials[trial.trial_id].get_state()
+    c.close()
+    path = tmp_path / "proj" / "ktcluster-runs.jsonl"
+    path.write_text(json.dumps({"event": "trial", "trial": trial.trial_id, "state": state, "t": 1.0}) + "\n")
+    assert RunJournal.replay(str(path))[1] == {trial.trial_id: state}
+
+    again = coordinator(tmp_path, Clock())
+    assert again.oracle.trials[trial.trial_id].get_state() == state
+    again.register("w1", "i1")
+    second, _ = again.create_trial("w1", "i1")
+    finish(again, second, "w1")
+    expected = {t: again.oracle.trials[t].get_state() for t in again.oracle.trials}
+    kill_9(again, tmp_path)
+    assert RunJournal.replay(str(path))[1] == expected
+
+
 def test_status_reads_the_journal_when_state_files_lag(tmp_path):
     """`python -m chief status` on a running (or killed) chief whose trial files are behind."""
     import types
