@@ -295,7 +295,6 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
     from chief import progress
     from chief.coordinator import Coordinator
     from chief.server import OracleServicer
-
     from keras_tuner.src import protos
 
     service, completed = protos.get_service(), protos.get_proto().TrialStatus.COMPLETED
@@ -333,8 +332,8 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
         try:
             loop(200, cold=False)  # warm-up
             rounds = [(loop(trials, cold=False), loop(trials, cold=True)) for _ in range(repeats)]
-            coordinator.close()
         finally:
+            coordinator.close()
             gc.unfreeze()
             gc.set_threshold(700, 10, 10)
             root.handlers, root.level = handlers, level

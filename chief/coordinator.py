@@ -188,7 +188,7 @@ def _update_trial(oracle, saved):
 def best_of(history) -> tuple:
     """(best value, its step) of a MetricHistory, as stock's `get_best_value` and `get_best_step`
     give them (NaN ignored; all NaN: (nan, None); the first step holding the best value), without
-    their numpy calls: they went through `np.mean` and `np.nanmax` twice, ~10% of a trial's cost on
+    their numpy calls: they went through `np.mean` and `np.nanmax` twice, ~15% of a trial's cost on
     the chief. A value from several executions is still averaged by numpy, as stock averages it."""
     means = [(obs.value[0] if len(obs.value) == 1 else float(np.mean(obs.value)), obs.step)
              for obs in history._observations.values()]
@@ -216,8 +216,8 @@ def _score_trial(oracle):
 def _random_values(oracle):
     """Stock `Oracle._random_values`, the same values drawn in the same order from the same seeds,
     without the scratch HyperParameters it builds per draw: stock merges the space into it one
-    hyperparameter at a time, copying each through its config (~15% of a trial on the chief), only
-    to ask which are active. Active means every condition holds on the values drawn before it."""
+    hyperparameter at a time, copying each through its config (a cost that grows with the space),
+    only to ask which are active. Active means every condition holds on the values drawn before it."""
 
     def random_values():
         for _ in range(oracle._max_collisions + 1):
@@ -269,10 +269,9 @@ def fast_space_copies(hyperparameters) -> None:
 def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
     """Trial states journaled (one append; a progress report as what it added) and their files
     written behind, atomic state files (write + rename), an O(1) failure check, trial folders
-    made once (stock asks TensorFlow's gfile to create them on every call), and the hot calls
-    without KerasTuner's own lock
-    (`update_trial` also without its discarded best-value scans), scoring without numpy, and
-    random values drawn without a scratch copy of the space."""
+    made once (stock asks TensorFlow's gfile to create them on every call), the hot calls without
+    KerasTuner's own lock (`update_trial` also without its discarded best-value scans), scoring
+    without numpy, and random values drawn without a scratch copy of the space."""
     project_dir = oracle._project_dir
     made: set[str] = set()
 
