@@ -250,11 +250,12 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
 
     clock = Clock()
     c = coordinator(tmp_path, clock, max_trials=20)
+    c.save_state()  # as the chief does before it serves: the project exists from here on
     for w in ("w1", "w2"):
         c.register(w, w)
     reports = [(0, {"score": 0.5}), (1, {"score": 0.7, "loss": 2.0}), (1, {"score": 0.6}),
                (3, {"score": float("nan")}), (2, {"score": 0.65})]
-    run(c, "w1", reports)
+    first = run(c, "w1", reports)
     run(c, "w1", [(0, {"score": 0.1})], status="INVALID")  # re-queued for a retry
     grown = HyperParameters()
     grown.Float("lr", 1e-4, 1e-2, sampling="log")
@@ -265,8 +266,11 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     kill_9(c, tmp_path)
 
     again = Coordinator(make_oracle(tmp_path, max_trials=20), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    reloaded = {t: trial.get_state() for t, trial in again.oracle.trials.items()}
+    assert json.dumps(reloaded, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN != NaN
     again.register("w3", "w3")
     run(again, "w3", [(0, {"score": 0.3}), (1, {"val_loss": 0.5, "score": 0.4})])
+    assert len(again.oracle.trials) == len(expected) + 1  # a new id, none handed out twice
     expected.update({t: trial.get_state() for t, trial in again.oracle.trials.items()})
     kill_9(again, tmp_path)
 
@@ -275,6 +279,7 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     assert {len(s["hyperparameters"]["space"]) for s in states.values()} == {1, 2}
     events = journal(tmp_path)
     assert sum(e["event"] == "space" for e in events) == 3  # x; x and lr; x and lr after the restart
+    assert [e["event"] for e in events if e.get("trial") == first.trial_id].count("trial") == 2  # start, end
     assert not any(e["event"] == "trial" and isinstance(e["state"]["hyperparameters"]["space"], list)
                    for e in events)
 
