@@ -95,13 +95,16 @@ def run(settings) -> int:
     except _Exit as exc:
         return _fail(exc.code, str(exc))
 
-    from chief.coordinator import Coordinator
+    from chief.coordinator import Coordinator, InconsistentState
     from chief.server import serve
 
     oracle._set_project_dir(settings.state_dir, settings.project)
     oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
-    coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
-                              on_event=progress.ProgressLog(), fsync=settings.fsync)
+    try:
+        coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
+                                  on_event=progress.ProgressLog(), fsync=settings.fsync)
+    except InconsistentState as exc:
+        return _fail(1, f"KTC_PROJECT={settings.project}: {exc}")
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late

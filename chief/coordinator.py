@@ -42,6 +42,10 @@ FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 FINISHED_MARKER = "ktcluster-finished.json"
 
 
+class InconsistentState(RuntimeError):
+    """The project's files contradict each other: resuming would hand out trial ids again."""
+
+
 def short_message(message: str | None) -> str:
     """'ExceptionType: text' from a traceback (its last non-empty line), on one line."""
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
@@ -313,6 +317,8 @@ def load_project(oracle, journal: RunJournal) -> tuple[dict[str, str], list[str]
     `reload` re-queues every trial it lists as ongoing, including ones that had
     already finished (`end_trial` saves before it un-lists them): that is how a
     stock chief re-ran finished trials. Here:
+    - a journal with trials and no oracle.json (deleted by hand) stops the chief
+      (InconsistentState): starting afresh would hand its trial ids out again;
     - a trial whose last attempt started and never ended stays with its
       worker, which may still be training and report it; its lease decides;
     - a trial whose last attempt ended for a retry waits in the queue;
@@ -320,6 +326,10 @@ def load_project(oracle, journal: RunJournal) -> tuple[dict[str, str], list[str]
     - finished trials are never re-queued.
     """
     if not os.path.exists(oracle._get_oracle_fname()):
+        if journal.runs or journal.states:  # the chief writes oracle.json before its first trial
+            raise InconsistentState(
+                f"{oracle._project_dir} has a journal of {len(set(journal.runs) | set(journal.states))} trials but "
+                "no oracle.json; restore oracle.json, or start a new search (another KTC_PROJECT)")
         return {}, []
     oracle.reload()
     runs, stale = journal.runs, []

@@ -287,6 +287,19 @@ def test_bad_model_data_or_objective_exit_2_with_state_intact(tmp_path, setting,
     assert not (tmp_path / "state" / "itest" / "oracle.json").exists()
 
 
+def test_journal_without_oracle_json_exits_1_and_touches_nothing(tmp_path):
+    project = tmp_path / "state" / "itest"
+    project.mkdir(parents=True)
+    line = json.dumps({"event": "start", "trial": "0", "worker": "worker-1", "t": 1.0}) + "\n"
+    (project / "ktcluster-runs.jsonl").write_text(line)
+    with processes() as start:
+        chief = start("chief", python("chief"), _env(tmp_path), tmp_path)
+        assert chief.wait(timeout=60) == 1
+    lines = [line for line in chief.output().splitlines() if line.startswith("ktcluster chief:")]
+    assert len(lines) == 1 and "KTC_PROJECT=itest" in lines[0] and "no oracle.json" in lines[0], chief.output()[-2000:]
+    assert (project / "ktcluster-runs.jsonl").read_text() == line and not (project / "oracle.json").exists()
+
+
 def test_running_trial_is_visible_in_hparams_while_it_runs(tmp_path):
     """The HParams session starts with training, so a running trial is listed before it ends."""
     import sys

@@ -309,6 +309,24 @@ def test_journal_written_before_space_lines_still_replays(tmp_path):
     assert RunJournal.replay(str(path))[1] == expected
 
 
+def test_journal_without_oracle_json_stops_instead_of_starting_afresh(tmp_path):
+    """oracle.json deleted by hand: a fresh start would hand the journal's trial ids out again."""
+    from chief.coordinator import InconsistentState
+
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.save_state()
+    c.register("w1", "i1")
+    trial, _ = c.create_trial("w1", "i1")
+    finish(c, trial, "w1")
+    c.close()
+    (tmp_path / "proj" / "oracle.json").unlink()
+    before = (tmp_path / "proj" / "ktcluster-runs.jsonl").read_bytes()
+    with pytest.raises(InconsistentState, match="journal of 1 trials but no oracle.json"):
+        Coordinator(make_oracle(tmp_path), lease_seconds=10, heartbeat_seconds=1, clock=clock)
+    assert (tmp_path / "proj" / "ktcluster-runs.jsonl").read_bytes() == before
+
+
 def test_status_reads_the_journal_when_state_files_lag(tmp_path):
     """`python -m chief status` on a running (or killed) chief whose trial files are behind."""
     import types
