@@ -265,20 +265,6 @@ def bayesian_ms_per_trial(checkpoints=(100, 500), window: int = 10) -> dict:
     return out
 
 
-class _StockWorkerContext:
-    """The part of a gRPC context the servicer uses, for calls made in process by a worker that
-    sends no ktcluster metadata (as the simulated workers above)."""
-
-    def invocation_metadata(self):
-        return ()
-
-    def set_trailing_metadata(self, metadata):
-        pass
-
-    def abort(self, code, details):
-        raise RuntimeError(f"{code}: {details}")
-
-
 def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16) -> dict:
     """The chief's own CPU per trial (servicer + coordinator, in process, no gRPC) with warm caches
     and with `flush_mib` MiB streamed through the caches before every call, as happens when the
@@ -294,11 +280,11 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
     from benchmarks.servers import space_oracle
     from chief import progress
     from chief.coordinator import Coordinator
-    from chief.server import OracleServicer
+    from chief.server import InProcessContext, OracleServicer
     from keras_tuner.src import protos
 
     service, completed = protos.get_service(), protos.get_proto().TrialStatus.COMPLETED
-    context, scratch = _StockWorkerContext(), bytearray(flush_mib << 20)
+    context, scratch = InProcessContext(), bytearray(flush_mib << 20)  # as the simulated workers: no metadata
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     with tempfile.TemporaryDirectory() as state, open(os.devnull, "w") as devnull:

@@ -170,6 +170,23 @@ class ClusterServicer:
         return self.coordinator.heartbeat(request["worker"], request["instance"])
 
 
+class InProcessContext:
+    """The part of a gRPC context the servicer uses, for calls made in process (tests,
+    benchmarks): a ktcluster worker's metadata, or none, as a stock worker sends."""
+
+    def __init__(self, worker: str | None = None):
+        self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid")) if worker else ()
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+    def abort(self, code, details):
+        raise RuntimeError(f"{code}: {details}")
+
+
 def bind(address: str, max_workers: int = 2):
     """Create a server bound exclusively to `address`; raise PortInUse if it is taken.
 

@@ -10,8 +10,7 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
 from chief.coordinator import Coordinator
-from chief.server import OracleServicer, bind, serve, trial_proto
-from shared import rpc
+from chief.server import InProcessContext, OracleServicer, bind, serve, trial_proto
 from tests.unit.test_coordinator import Clock, finish, make_oracle
 
 service = protos.get_service()
@@ -90,22 +89,6 @@ def test_a_result_whose_build_added_hyperparameters_grows_the_space(chief, parse
     assert len(parses) == 1
     assert "layers" in {hp.name for hp in coordinator.get_space().space}
     assert coordinator.get_trial(proto.trial_id).hyperparameters.values["layers"] == 1
-
-
-class InProcessContext:
-    """What the servicer reads from and writes to a gRPC context, for calls made in process."""
-
-    def __init__(self, worker: str):
-        self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid"))
-
-    def invocation_metadata(self):
-        return self._metadata
-
-    def set_trailing_metadata(self, metadata):
-        pass
-
-    def abort(self, code, details):
-        raise AssertionError(f"{code}: {details}")
 
 
 def test_trials_lost_with_their_workers_leave_nothing_behind(tmp_path):
