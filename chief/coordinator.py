@@ -28,6 +28,7 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief import progress
 from chief.journal import RunJournal
 from chief.leases import Leases
 from shared.atomic import write_text_atomic
@@ -395,6 +396,7 @@ class Coordinator:
         self._stop_seen = False
         self._changed = threading.Condition()
         self._on_event = on_event
+        self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
         self._stats = self._initial_stats()
         self._check_finished()
         if not self.finished.is_set():
@@ -484,8 +486,9 @@ class Coordinator:
                 if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
                     oracle._save_trial(trial)
                 self.journal.record(event="start", trial=trial.trial_id, worker=worker)
-                log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
-                         self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
+                if self.trial_lines.allow():
+                        log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
+                             self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
             elif trial.status == RUNNING:
                 log.info("trial %s resumed by %s", trial.trial_id, worker)
             elif trial.status == STOPPED:
@@ -564,8 +567,10 @@ class Coordinator:
         status = "RETRY" if trial.trial_id in oracle._retry_queue else ended.status
         self.journal.record(event="end", trial=trial.trial_id, status=status, seconds=seconds,
                             message=short_message(message), used=used)
-        detail = f"{oracle.objective.name}={ended.score}" if ended.status == "COMPLETED" else short_message(message)
-        log.info("trial %s %s by %s: %s", trial.trial_id, status, worker, detail)
+        if status != "COMPLETED":
+            log.info("trial %s %s by %s: %s", trial.trial_id, status, worker, short_message(message))
+        elif self.trial_lines.allow():
+            log.info("trial %s %s by %s: %s=%s", trial.trial_id, status, worker, oracle.objective.name, ended.score)
 
     def get_trial(self, trial_id):
         with self._locked() as oracle:
@@ -607,9 +612,8 @@ class Coordinator:
                 stats["best"] = (trial.trial_id, trial.score)
 
     def progress(self) -> dict:
-        """The summary `progress.line` prints, without touching every trial."""
-        from chief import progress
-
+        """The summary `progress.line` prints, without touching every trial; it takes the count of
+        trial lines skipped since the last call."""
         with self._lock:
             stats, oracle = self._stats, self.oracle
             running = {w: t.trial_id for w, t in oracle.ongoing_trials.items()}
@@ -617,7 +621,8 @@ class Coordinator:
             mean = stats["seconds"] / stats["timed"] if stats["timed"] else None
             return {"completed": stats["COMPLETED"], "failed": stats["FAILED"], "running": running,
                     "total": total, "queued": len(oracle._retry_queue), "objective": oracle.objective.name,
-                    "best": stats["best"],
+                    "best": stats["best"], "skipped": self.trial_lines.take_skipped(),
+                    "budget": self.trial_lines.rate,
                     "eta": progress.eta(total, stats["COMPLETED"], stats["FAILED"], len(running), mean)}
 
     # -- state of the search --------------------------------------------------------

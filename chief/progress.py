@@ -25,6 +25,34 @@ def configure_logging(stream) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
+class LineBudget:
+    """A token bucket for the per-trial start and end lines: at most `rate` a second on average,
+    `burst` at once; lines over it are counted (`take_skipped`), and the next progress line says how
+    many. A chief serving hundreds of trials a second spent ~10% of its time on lines nobody can
+    read (benchmarks/RESULTS.md); real trials (seconds to hours) stay far below the budget. Every
+    trial is still in the journal, `python -m chief status` and trials.csv. Not thread-safe: the
+    coordinator calls it under its lock."""
+
+    def __init__(self, rate: float = 50.0, burst: int = 100, clock=time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at, self._skipped = float(burst), clock(), 0
+
+    def allow(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self._skipped += 1
+        return False
+
+    def take_skipped(self) -> int:
+        """Lines skipped since the last call."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -69,8 +97,10 @@ def line(s: dict) -> str:
     running = ", ".join(f"{w}:{t}" for w, t in sorted(s["running"].items())) or "none"
     best = "none yet" if s["best"] is None else f"{s['best'][1]:.4f} (trial {s['best'][0]})"
     queued = f", {s['queued']} queued for retry" if s["queued"] else ""
+    skipped = (f"; {s['skipped']} trial start/end lines not shown (over {s['budget']:g} a second, every trial "
+               "is in the journal)") if s.get("skipped") else ""
     return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed{queued}), "
-            f"running [{running}], best {s['objective']} {best}, ETA {_duration(s['eta'])}")
+            f"running [{running}], best {s['objective']} {best}, ETA {_duration(s['eta'])}{skipped}")
 
 
 class ProgressLog:

@@ -1,6 +1,7 @@
 """The coordinator over a real KerasTuner oracle, with a fake clock: leases, exact-once, restarts."""
 
 import json
+import logging
 import os
 
 import keras_tuner as kt
@@ -595,3 +596,37 @@ def test_space_copies_match_keras_tuners_own(tmp_path):
     assert again.oracle.hyperparameters.copy().get_config() == HyperParameters.copy(again.oracle.hyperparameters).get_config()
     assert "filters" in {p.name for p in again.oracle.hyperparameters.space}
     again.close()
+
+
+def test_trial_lines_keep_to_their_budget_and_trouble_is_always_logged(tmp_path, caplog):
+    """At hundreds of trials a second the start/end lines are budgeted (the progress line counts
+    the rest); a failure's line is never skipped, and lines come back as the budget refills."""
+    from chief import progress
+
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=60, retries=0)
+    c.trial_lines = progress.LineBudget(rate=10, burst=20, clock=clock)
+    lines = lambda: [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+    with caplog.at_level(logging.INFO, logger="ktcluster.chief"):
+        for n in range(40):  # 80 start/COMPLETED lines with no time passing
+            trial, _ = c.create_trial("w1")
+            assert finish(c, trial, "w1")
+        assert len(lines()) == 20
+        summary = c.progress()
+        assert summary["skipped"] == 60 and "60 trial start/end lines not shown" in progress.line(summary)
+        assert c.progress()["skipped"] == 0  # each skipped line is counted once
+
+        trial, _ = c.create_trial("w1")
+        c.update_trial(trial.trial_id, {"score": 1.0}, worker="w1")
+        trial.status, trial.message = "FAILED", "ValueError: bad batch"
+        c.end_trial(trial, "w1", message=trial.message)
+        assert lines()[-1] == f"trial {trial.trial_id} FAILED by w1: ValueError: bad batch"
+
+        clock.now += 1.0  # 10 more lines' worth
+        before = len(lines())
+        for n in range(10):
+            trial, _ = c.create_trial("w1")
+            finish(c, trial, "w1")
+        assert len(lines()) - before == 10
+        assert c.progress()["skipped"] == 1 + 10
+
