@@ -15,6 +15,7 @@ needs around it lives here, in one place:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -62,11 +63,16 @@ class StateWriter:
     are KerasTuner's view of the project (its tools, `tuner.reload()`), so they
     are written here, coalesced, when the chief is quiet (`quiet` seconds with
     no change) and at the latest `max_lag` seconds after a change: trial files
-    first, then the oracle.json that names them. `load_project` rebuilds
-    whatever they lack from the journal. Oracles whose own extra state moves
-    with every trial (Hyperband's brackets, GridSearch's order) are saved
-    synchronously, as stock does.
+    first, then the oracle.json that names them. A changed trial is only
+    marked; its state is taken when its file is written (a progress report
+    then costs no copy of the trial, search space included), `CHUNK` trials at
+    a time under the lock, so a long backlog never holds the oracle for long.
+    `load_project` rebuilds whatever the files lack from the journal. Oracles
+    whose own extra state moves with every trial (Hyperband's brackets,
+    GridSearch's order) are saved synchronously, as stock does.
     """
+
+    CHUNK = 256
 
     def __init__(self, oracle, lock: threading.Lock, fsync: bool = False, quiet: float = 0.25,
                  max_lag: float = 30.0):
@@ -74,7 +80,7 @@ class StateWriter:
         import keras_tuner as kt
 
         self.behind = isinstance(oracle, (kt.oracles.RandomSearchOracle, kt.oracles.BayesianOptimizationOracle))
-        self._trials: dict[str, dict] = {}  # trial id -> latest state not yet in its trial.json
+        self._trials: dict[str, object] = {}  # trial id -> its Trial, changed since its trial.json
         self._dirty, self._closing = threading.Event(), threading.Event()
         self._writing = threading.Lock()  # one write at a time, so an older state never lands last
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
@@ -93,13 +99,13 @@ class StateWriter:
     def _write_oracle(self, state: dict) -> None:
         write_text_atomic(self.oracle._get_oracle_fname(), json.dumps(state), fsync=self.fsync)
 
-    def trial_changed(self, state: dict) -> None:
-        """A trial's new state, already journaled (called with the lock held)."""
+    def trial_changed(self, trial) -> None:
+        """A trial changed, already journaled (called with the lock held)."""
         if self.behind:
-            self._trials[state["trial_id"]] = state
+            self._trials[trial.trial_id] = trial
             self._mark_dirty()
         else:
-            self._write_trial(state)
+            self._write_trial(trial.get_state())
 
     def save(self) -> None:
         """The oracle's `save` (called with the lock held)."""
@@ -115,16 +121,29 @@ class StateWriter:
             self._dirty.set()
 
     def flush(self) -> None:
+        """Write the marked trials' files, then oracle.json. The oracle's state is taken under the
+        same lock as the last trial states, so oracle.json never names a trial without a file
+        (stock `reload` would refuse the project)."""
         with self._writing:
-            with self._lock:
-                state, trials, self._trials = self._state(), self._trials, {}
+            pending: dict[str, object] = {}
             try:
-                for trial_state in trials.values():
-                    self._write_trial(trial_state)
-                self._write_oracle(state)
+                while True:
+                    with self._lock:
+                        pending.update(self._trials)
+                        self._trials = {}
+                        chunk = list(itertools.islice(pending, self.CHUNK))
+                        states = [pending[trial_id].get_state() for trial_id in chunk]
+                        oracle_state = self._state() if len(chunk) == len(pending) else None
+                    for state in states:
+                        self._write_trial(state)
+                    for trial_id in chunk:
+                        del pending[trial_id]
+                    if oracle_state is not None:
+                        self._write_oracle(oracle_state)
+                        return
             except BaseException:
-                with self._lock:  # keep what was not written (unless a newer state came meanwhile)
-                    self._trials = {**trials, **self._trials}
+                with self._lock:  # mark what was not written again
+                    self._trials = {**pending, **self._trials}
                 raise
 
     def _run(self) -> None:
@@ -288,13 +307,12 @@ def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
         return path
 
     def save_trial(trial):
-        state = trial.get_state()
-        journal.record_trial(state)
-        writer.trial_changed(state)
+        journal.record_trial(trial.get_state())
+        writer.trial_changed(trial)
 
     def save_metrics(trial, step, values, directions):
         journal.record_metrics(trial.trial_id, step, values, directions)
-        writer.trial_changed(trial.get_state())
+        writer.trial_changed(trial)
 
     for name in ("create_trial", "end_trial"):
         setattr(oracle, name, types.MethodType(_unsynchronized(getattr(type(oracle), name)), oracle))
@@ -383,7 +401,7 @@ class Coordinator:
         fast_space_copies(oracle.hyperparameters)  # after the reload, which replaces the space
         with self._lock:
             for trial_id in stale:
-                self.writer.trial_changed(self.journal.states[trial_id])
+                self.writer.trial_changed(oracle.trials[trial_id])
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
         for worker, trial_id in restored.items():

@@ -402,7 +402,7 @@ def test_state_files_are_written_within_the_longest_lag_under_continuous_load(tm
     c.register("w1", "i1")
     first, _ = c.create_trial("w1", "i1")
     with lock:
-        writer.trial_changed(oracle.trials[first.trial_id].get_state())
+        writer.trial_changed(oracle.trials[first.trial_id])
     started = time.monotonic()
     while time.monotonic() - started < 2.0 and not _trial_file(tmp_path, first.trial_id).exists():
         with lock:
@@ -630,3 +630,30 @@ def test_trial_lines_keep_to_their_budget_and_trouble_is_always_logged(tmp_path,
         assert len(lines()) - before == 10
         assert c.progress()["skipped"] == 1 + 10
 
+
+def test_state_files_written_in_chunks_never_name_a_trial_without_its_file(tmp_path):
+    """A backlog is written a chunk at a time (the lock is free in between, and workers keep
+    creating trials); oracle.json still names only trials whose trial.json holds their latest state."""
+    c = coordinator(tmp_path, Clock(), max_trials=40)
+    c.writer.CHUNK = 4
+    trials = []
+    for n in range(10):
+        trial, _ = c.create_trial(f"w{n}")
+        c.update_trial(trial.trial_id, {"score": n / 10}, worker=f"w{n}")  # only marks the trial
+        trials.append(trial)
+    write_trial, created = c.writer._write_trial, []
+
+    def write_trial_while_workers_ask(state):
+        write_trial(state)
+        if len(created) < 3:  # the lock is free between chunks: new trials arrive meanwhile
+            created.append(c.create_trial(f"late{len(created)}")[0])
+
+    c.writer._write_trial = write_trial_while_workers_ask
+    c.save_state()
+    assert len(created) == 3
+    for trial in trials + created:
+        assert json.loads(_trial_file(tmp_path, trial.trial_id).read_text()) == trial.get_state()
+    fresh = make_oracle(tmp_path, max_trials=40)
+    fresh.reload()  # stock: a KeyError if oracle.json named a trial without its file
+    assert set(fresh.trials) == {t.trial_id for t in trials + created}
+    c.close()
