@@ -270,24 +270,66 @@ def _unsynchronized(method):
 
 
 def fast_space_copies(hyperparameters) -> None:
-    """Give the oracle's search space a `copy` that skips Keras's generic deserializer.
+    """Give the oracle's search space a `copy` that skips Keras's generic deserializer and
+    remembers the space it copied, encoded (see `encode`).
 
     `oracle.create_trial` copies the space for every trial; stock copies go through
     `keras.saving`'s deserializer, which inspects each class's signature per hyperparameter
     (~70% of the copy, the largest single cost of a trial on the chief). Each hyperparameter's
-    own `from_config` gives the same objects (tested against the stock copy).
+    own `from_config` gives the same objects (tested against the stock copy). The configs and the
+    encoded space are made once per size of the space: `update_space` only ever adds to it.
     """
+    made = {"size": -1}
 
     def copy():
+        if made["size"] != len(hyperparameters.space):
+            made.update(size=len(hyperparameters.space),
+                        configs=[(type(hp), hp.get_config()) for hp in hyperparameters.space],
+                        encoded=hp_module.HyperParameters.to_proto(hyperparameters).space)
         space = hp_module.HyperParameters()
-        for hp in hyperparameters.space:
-            hp = type(hp).from_config(hp.get_config())
+        for cls, config in made["configs"]:
+            hp = cls.from_config(dict(config))  # from_config replaces the config's conditions
             space._hps[hp.name].append(hp)
             space._space.append(hp)
         space.values = dict(hyperparameters.values)
+        space.ktc_encoded_space = (made["size"], made["encoded"])
         return space
 
     hyperparameters.copy = copy
+
+
+def encode(hyperparameters):
+    """`hyperparameters.to_proto()`; for a copy made by `fast_space_copies`, whose space has not
+    grown since, only its values are encoded (by stock) and the space is the one encoded once:
+    only the values differ from trial to trial."""
+    size, encoded = getattr(hyperparameters, "ktc_encoded_space", (None, None))
+    if size != len(hyperparameters.space):
+        return hyperparameters.to_proto()
+    values = hp_module.HyperParameters()
+    values.values = hyperparameters.values
+    proto = values.to_proto()
+    proto.space.CopyFrom(encoded)
+    return proto
+
+
+def _record_values_once(oracle):
+    """Stock `_record_values` (fill in the active values, hash them, remember the hash), skipped
+    when a trial ends with the very hyperparameters, values unchanged, recorded when it was
+    created: stock records again at the end in case the build added hyperparameters, and the
+    servicer hands back the object it sent only when the worker echoed it unchanged."""
+    stock, created = type(oracle)._record_values, {}  # running trial id -> what was recorded
+
+    def record_values(trial):
+        hyperparameters = trial.hyperparameters
+        now = (hyperparameters, len(hyperparameters.space), hyperparameters.values)
+        recorded = created.pop(trial.trial_id, None)
+        if recorded and recorded[0] is now[0] and recorded[1:] == now[1:]:
+            return
+        stock(oracle, trial)
+        if trial.trial_id not in oracle.trials:  # from create_trial, which lists the trial after
+            created[trial.trial_id] = (hyperparameters, len(hyperparameters.space), dict(hyperparameters.values))
+
+    return record_values
 
 
 def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
@@ -295,7 +337,8 @@ def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
     written behind, atomic state files (write + rename), an O(1) failure check, trial folders
     made once (stock asks TensorFlow's gfile to create them on every call), the hot calls without
     KerasTuner's own lock (`update_trial` also without its discarded best-value scans), scoring
-    without numpy, and random values drawn without a scratch copy of the space."""
+    without numpy, random values drawn without a scratch copy of the space, and a trial's values
+    recorded once when it ends as it started."""
     project_dir = oracle._project_dir
     made: set[str] = set()
 
@@ -325,6 +368,8 @@ def harden(oracle, writer: StateWriter, journal: RunJournal) -> None:
         oracle.score_trial = _score_trial(oracle)
     if type(oracle)._random_values is oracle_module.Oracle._random_values:
         oracle._random_values = _random_values(oracle)
+    if type(oracle)._record_values is oracle_module.Oracle._record_values:
+        oracle._record_values = _record_values_once(oracle)
 
 
 def load_project(oracle, journal: RunJournal) -> tuple[dict[str, str], list[str]]:

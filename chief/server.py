@@ -9,6 +9,7 @@ blocking wait on an event instead of sleep-polling.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -19,6 +20,7 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief.coordinator import encode
 from chief.leases import DuplicateWorker
 from shared import rpc
 
@@ -60,10 +62,16 @@ def _report(meta: dict) -> tuple[str, list[str] | None]:
     return meta.get(rpc.MESSAGE_KEY, b"").decode("utf-8", "replace"), json.loads(used) if used else None
 
 
+@functools.cache
+def _status_proto(status):
+    """`TrialStatus.to_proto`, once per status (it walks protobuf's enum wrapper on every call)."""
+    return trial_module.TrialStatus.to_proto(status)
+
+
 def trial_proto(trial, hyperparameters):
     """`trial.to_proto()` with its hyperparameters already encoded (they are most of the cost)."""
     proto = protos.get_proto().Trial(trial_id=trial.trial_id, hyperparameters=hyperparameters,
-                                     status=trial_module.TrialStatus.to_proto(trial.status),
+                                     status=_status_proto(trial.status),
                                      metrics=trial.metrics.to_proto())
     if trial.score is not None:
         proto.score.value, proto.score.step = trial.score, trial.best_step
@@ -120,7 +128,7 @@ class OracleServicer(service_grpc.OracleServicer):
         _, instance = _caller(rpc.metadata(context))
         trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
-        hyperparameters = trial.hyperparameters.to_proto()
+        hyperparameters = encode(trial.hyperparameters)
         if trial.status == trial_module.TrialStatus.RUNNING:
             self._remember(trial, hyperparameters)
         return service.CreateTrialResponse(trial=trial_proto(trial, hyperparameters))

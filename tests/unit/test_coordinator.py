@@ -657,3 +657,71 @@ def test_state_files_written_in_chunks_never_name_a_trial_without_its_file(tmp_p
     fresh.reload()  # stock: a KeyError if oracle.json named a trial without its file
     assert set(fresh.trials) == {t.trial_id for t in trials + created}
     c.close()
+
+
+def _guide_like_space():
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    hp = HyperParameters()
+    hp.Choice("model_type", ["mlp", "cnn"])
+    hp.Int("units", 32, 512, step=32, sampling="log")
+    hp.Float("dropout", 0.0, 0.5, step=0.1)
+    hp.Boolean("batch_norm", default=True)
+    hp.Fixed("epochs", 3)
+    with hp.conditional_scope("model_type", ["cnn"]):
+        hp.Int("filters", 8, 64, default=16)
+    return hp
+
+
+def test_copies_are_encoded_as_keras_tuner_encodes_them(tmp_path):
+    """A copy's space is encoded once per size of the oracle's space; the message is stock's."""
+    import copy as copy_module
+
+    from chief.coordinator import encode
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    c = coordinator(tmp_path, Clock())
+    c.oracle.update_space(_guide_like_space())
+    space = c.oracle.hyperparameters
+    for values in ({"x": 3, "model_type": "cnn", "filters": 24, "batch_norm": False, "dropout": 0.25},
+                   {"x": 7, "model_type": "mlp", "units": 64, "epochs": 3}):
+        copy = space.copy()
+        copy.values = values
+        assert encode(copy) == HyperParameters.to_proto(copy)
+        assert encode(copy_module.deepcopy(copy)) == HyperParameters.to_proto(copy)
+    grown = space.copy()
+    grown.Float("lr", 1e-4, 1e-2)  # a copy whose space grew: stock's own encoding
+    assert encode(grown) == HyperParameters.to_proto(grown) and "lr" in {p.name for p in HyperParameters.from_proto(encode(grown)).space}
+    space.Int("layers", 1, 3)  # the oracle's space grew: copies encode the new space
+    later = space.copy()
+    assert encode(later) == HyperParameters.to_proto(later) and len(encode(later).space.int_space) == 4
+    c.close()
+
+
+def test_values_recorded_at_the_end_as_stock_records_them(tmp_path, monkeypatch):
+    """A trial that ends with the hyperparameters it was given is not hashed again; one whose
+    build added a hyperparameter is, and the oracle's record of tried values matches stock's."""
+    from keras_tuner.src.engine import oracle as oracle_module
+
+    calls = []
+    stock_record = oracle_module.Oracle._record_values
+    monkeypatch.setattr(oracle_module.Oracle, "_record_values",
+                        lambda self, trial: calls.append((self, trial.trial_id)) or stock_record(self, trial))
+    c = coordinator(tmp_path / "c", Clock(), max_trials=4)
+    stock = make_oracle(tmp_path / "s", max_trials=4)
+    for n in range(3):
+        trial, stock_trial = c.create_trial("w1")[0], stock.create_trial("w1")
+        assert trial.hyperparameters.values == stock_trial.hyperparameters.values
+        if n == 1:  # the build added a hyperparameter: a new object, as the servicer parses it
+            for t in (trial, stock_trial):
+                t.hyperparameters = t.hyperparameters.copy()
+                t.hyperparameters.Fixed("extra", 5)
+        for oracle, t in ((c.oracle, trial), (stock, stock_trial)):
+            oracle.update_trial(t.trial_id, {"score": 0.5})
+            t.status = "COMPLETED"
+        c.end_trial(trial, "w1")
+        stock.end_trial(stock_trial)
+    assert c.oracle._tried_so_far == stock._tried_so_far and c.oracle._id_to_hash == stock._id_to_hash
+    ours = [trial_id for oracle, trial_id in calls if oracle is c.oracle]
+    assert ours == ["0", "1", "1", "2"]  # at creation; at the end only for the trial whose space grew
+    c.close()
