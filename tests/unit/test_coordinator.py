@@ -235,7 +235,7 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     """The journal keeps a trial's space by reference and a progress report as what it added;
     replayed after a kill -9 (and across a restart, which appends to the same file) it must give
     every trial's state exactly as the live oracle had it: reports at a new step, a second value
-    at the same step, a metric first seen mid-trial, NaN, a space that grew mid-search."""
+    at the same step, a metric first seen mid-trial, NaN and infinity, a space that grew mid-search."""
     from keras_tuner.src.engine.hyperparameters import HyperParameters
 
     from chief.journal import RunJournal
@@ -255,7 +255,7 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     for w in ("w1", "w2"):
         c.register(w, w)
     reports = [(0, {"score": 0.5}), (1, {"score": 0.7, "loss": 2.0}), (1, {"score": 0.6}),
-               (3, {"score": float("nan")}), (2, {"score": 0.65})]
+               (3, {"score": float("nan"), "loss": float("inf")}), (2, {"score": 0.65})]
     first = run(c, "w1", reports)
     run(c, "w1", [(0, {"score": 0.1})], status="INVALID")  # re-queued for a retry
     grown = HyperParameters()
@@ -725,3 +725,31 @@ def test_values_recorded_at_the_end_as_stock_records_them(tmp_path, monkeypatch)
     ours = [trial_id for oracle, trial_id in calls if oracle is c.oracle]
     assert ours == ["0", "1", "1", "2"]  # at creation; at the end only for the trial whose space grew
     c.close()
+
+
+def test_journal_lines_keep_what_orjson_cannot_write():
+    """Lines go through orjson, which writes NaN and infinities as null and refuses ints past 64
+    bits: such lines go through json instead, and every line reads back as it was."""
+    import math
+
+    from chief.journal import encode
+
+    def state(score, values, observations):
+        return {"trial_id": "1", "hyperparameters": {"space": "ref-1", "values": values}, "score": score,
+                "metrics": {"metrics": {"loss": {"direction": "min", "observations": observations}}},
+                "best_step": 0, "status": "COMPLETED", "message": None}
+
+    plain = {"event": "trial", "trial": "1", "state": state(0.5, {"x": 3, "y": 0.25, "kind": "cnn", "bn": True},
+                                                          [{"value": [0.5], "step": 0}]), "t": 1.5}
+    assert b" " not in encode(plain) and json.loads(encode(plain)) == plain  # orjson: compact
+    odd = [
+        {"event": "metrics", "trial": "1", "step": 2, "metrics": {"loss": math.nan}, "directions": {}, "t": 1.5},
+        {"event": "metrics", "trial": "1", "step": 2, "metrics": {"loss": math.inf}, "directions": {}, "t": 1.5},
+        {"event": "trial", "trial": "1", "state": state(math.nan, {"x": 3}, [{"value": [math.nan], "step": 0}]), "t": 1.5},
+        {"event": "trial", "trial": "1", "state": state(0.5, {"x": 3}, [{"value": [0.5, -math.inf], "step": 0}]), "t": 1.5},
+        {"event": "trial", "trial": "1", "state": state(0.5, {"x": 2**70}, [{"value": [0.5], "step": 0}]), "t": 1.5},
+        {"event": "space", "ref": "ref-1", "space": [{"class_name": "Float", "config": {"max_value": math.inf}}], "t": 1.5},
+    ]
+    for event in odd:
+        line = encode(event)
+        assert line.endswith(b"\n") and json.dumps(json.loads(line)) == json.dumps(event), line
