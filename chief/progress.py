@@ -107,13 +107,15 @@ class ProgressLog:
     """The coordinator's `on_event`: a progress line at most every `interval` seconds, one when
     the search is over, and the latest state `interval` after a skipped event (nothing is left
     unsaid for long). A line per event cost the chief as much as serving the trial itself at
-    hundreds of trials per second (benchmarks/RESULTS.md)."""
+    hundreds of trials per second (benchmarks/RESULTS.md). A line the same as the one before is not
+    said again."""
 
     def __init__(self, interval: float = 1.0):
         self.interval = interval
         self._lock = threading.Lock()
         self._last = -math.inf
         self._timer: threading.Timer | None = None
+        self._said = ""
 
     def __call__(self, coordinator) -> None:
         with self._lock:
@@ -127,9 +129,14 @@ class ProgressLog:
         self._emit(coordinator)
 
     def _emit(self, coordinator) -> None:
+        """Say the state, unless it is the line just said (workers told STOPPED after the end)."""
+        text = line(coordinator.progress())
         with self._lock:
             self._last, self._timer = time.monotonic(), None
-        log.info(line(coordinator.progress()))
+            if text == self._said:
+                return
+            self._said = text
+        log.info(text)
 
 
 def write_results(snap: dict, results_dir: str) -> dict:

@@ -54,7 +54,7 @@ def test_progress_line_counts_best_and_eta():
 
 def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
     """At most one line per interval; a skipped event's state follows `interval` later; the end
-    of the search is said at once."""
+    of the search is said at once, and once."""
     import logging
     import threading
     import time
@@ -85,6 +85,9 @@ def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
         c.finished.set()
         log(c)  # within the interval, but the search is over
         assert lines()[-1].split()[1] == "10/10"
+        log(c)  # late workers told STOPPED: nothing new to say
+        log(c)
+        assert [line.split()[1] for line in lines()] == ["1/10", "5/10", "10/10"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
