@@ -271,7 +271,7 @@ def _unsynchronized(method):
 
 def fast_space_copies(hyperparameters) -> None:
     """Give the oracle's search space a `copy` that skips Keras's generic deserializer and
-    remembers the space it copied, encoded (see `encode`).
+    remembers the space it copied, encoded (see `hyperparameters_proto`).
 
     `oracle.create_trial` copies the space for every trial; stock copies go through
     `keras.saving`'s deserializer, which inspects each class's signature per hyperparameter
@@ -298,7 +298,7 @@ def fast_space_copies(hyperparameters) -> None:
     hyperparameters.copy = copy
 
 
-def encode(hyperparameters):
+def hyperparameters_proto(hyperparameters):
     """`hyperparameters.to_proto()`; for a copy made by `fast_space_copies`, whose space has not
     grown since, only its values are encoded (by stock) and the space is the one encoded once:
     only the values differ from trial to trial."""
@@ -550,7 +550,7 @@ class Coordinator:
                     oracle._save_trial(trial)
                 self.journal.record(event="start", trial=trial.trial_id, worker=worker)
                 if self.trial_lines.allow():
-                        log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
+                    log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
                              self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
             elif trial.status == RUNNING:
                 log.info("trial %s resumed by %s", trial.trial_id, worker)

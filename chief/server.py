@@ -20,7 +20,7 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from chief.coordinator import encode
+from chief.coordinator import hyperparameters_proto
 from chief.leases import DuplicateWorker
 from shared import rpc
 
@@ -128,7 +128,7 @@ class OracleServicer(service_grpc.OracleServicer):
         _, instance = _caller(rpc.metadata(context))
         trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
-        hyperparameters = encode(trial.hyperparameters)
+        hyperparameters = hyperparameters_proto(trial.hyperparameters)
         if trial.status == trial_module.TrialStatus.RUNNING:
             self._remember(trial, hyperparameters)
         return service.CreateTrialResponse(trial=trial_proto(trial, hyperparameters))

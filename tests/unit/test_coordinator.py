@@ -677,7 +677,7 @@ def test_copies_are_encoded_as_keras_tuner_encodes_them(tmp_path):
     """A copy's space is encoded once per size of the oracle's space; the message is stock's."""
     import copy as copy_module
 
-    from chief.coordinator import encode
+    from chief.coordinator import hyperparameters_proto
     from keras_tuner.src.engine.hyperparameters import HyperParameters
 
     c = coordinator(tmp_path, Clock())
@@ -687,14 +687,14 @@ def test_copies_are_encoded_as_keras_tuner_encodes_them(tmp_path):
                    {"x": 7, "model_type": "mlp", "units": 64, "epochs": 3}):
         copy = space.copy()
         copy.values = values
-        assert encode(copy) == HyperParameters.to_proto(copy)
-        assert encode(copy_module.deepcopy(copy)) == HyperParameters.to_proto(copy)
+        assert hyperparameters_proto(copy) == HyperParameters.to_proto(copy)
+        assert hyperparameters_proto(copy_module.deepcopy(copy)) == HyperParameters.to_proto(copy)
     grown = space.copy()
     grown.Float("lr", 1e-4, 1e-2)  # a copy whose space grew: stock's own encoding
-    assert encode(grown) == HyperParameters.to_proto(grown) and "lr" in {p.name for p in HyperParameters.from_proto(encode(grown)).space}
+    assert hyperparameters_proto(grown) == HyperParameters.to_proto(grown) and "lr" in {p.name for p in HyperParameters.from_proto(hyperparameters_proto(grown)).space}
     space.Int("layers", 1, 3)  # the oracle's space grew: copies encode the new space
     later = space.copy()
-    assert encode(later) == HyperParameters.to_proto(later) and len(encode(later).space.int_space) == 4
+    assert hyperparameters_proto(later) == HyperParameters.to_proto(later) and len(hyperparameters_proto(later).space.int_space) == 4
     c.close()
 
 
