@@ -629,6 +629,7 @@ def test_trial_lines_keep_to_their_budget_and_trouble_is_always_logged(tmp_path,
             finish(c, trial, "w1")
         assert len(lines()) - before == 10
         assert c.progress()["skipped"] == 1 + 10
+    c.close()
 
 
 def test_state_files_written_in_chunks_never_name_a_trial_without_its_file(tmp_path):
