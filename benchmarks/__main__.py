@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import platform
 import statistics
@@ -31,6 +32,23 @@ def _fmt(summary, scale=1.0, digits=1):
 
 
 KINDS = ("null", "null-aio", "stock", "ktcluster")  # null first: the ceiling the others are divided by
+
+
+def _ratios(pairs, get) -> dict:
+    """Median (min, max) of a figure's ratio run by run: `pairs` of (run, the run it is divided by)."""
+    return throughput.spread([get(a) / get(b) for a, b in pairs])
+
+
+def _rate(run):
+    return run["windows"]["all"]["rate"]
+
+
+def _cpu_ms(run):
+    return run["windows"]["all"]["cpu_ms"]
+
+
+def _p99(run):
+    return run["p99_ms"]
 
 
 def _server(kind: str, args) -> tuple[str, str]:
@@ -66,20 +84,13 @@ def bench_throughput(args, report):
             for kind in kinds[1:]:
                 r = rows[(kind, workers)]
                 pairs = list(zip(runs[kind], runs["null"]))
-                r["x_ceiling"] = {
-                    "rate": throughput.spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"]
-                                               for a, b in pairs]),
-                    "p99": throughput.spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
+                r["x_ceiling"] = {"rate": _ratios(pairs, _rate), "p99": _ratios(pairs, _p99)}
                 print(f"  -> {kind} / ceiling at {workers}: throughput x{_fmt(r['x_ceiling']['rate'], digits=2)}, "
                       f"p99 x{_fmt(r['x_ceiling']['p99'], digits=2)}", flush=True)
             if args.baseline:
                 pairs = list(zip(runs["ktcluster"], runs["baseline"]))
                 rows[("ktcluster", workers)]["x_baseline"] = {
-                    "rate": throughput.spread([a["windows"]["all"]["rate"] / b["windows"]["all"]["rate"]
-                                               for a, b in pairs]),
-                    "cpu_ms": throughput.spread([a["windows"]["all"]["cpu_ms"] / b["windows"]["all"]["cpu_ms"]
-                                                 for a, b in pairs]),
-                    "p99": throughput.spread([a["p99_ms"] / b["p99_ms"] for a, b in pairs])}
+                    "rate": _ratios(pairs, _rate), "cpu_ms": _ratios(pairs, _cpu_ms), "p99": _ratios(pairs, _p99)}
                 x = rows[("ktcluster", workers)]["x_baseline"]
                 print(f"  -> ktcluster / baseline at {workers}: throughput x{_fmt(x['rate'], digits=2)}, server CPU "
                       f"per trial x{_fmt(x['cpu_ms'], digits=2)}, p99 x{_fmt(x['p99'], digits=2)}", flush=True)
@@ -91,7 +102,8 @@ def bench_throughput(args, report):
             r = growth[kind] = throughput.median_of(runs)
             early, late = r["windows"]["early"], r["windows"]["late"]
             r["late_over_early"] = {  # within each run: last window over early window
-                key: throughput.spread([run["windows"]["late"][key] / run["windows"]["early"][key] for run in runs])
+                key: _ratios([(run["windows"]["late"], run["windows"]["early"]) for run in runs],
+                             operator.itemgetter(key))
                 for key in ("rate", "cpu_ms")}
             print(f"  growth {kind}: trials 100-600 at {early['rate']['median']:.1f}/s "
                   f"({early['cpu_ms']['median']:.2f} CPU ms/trial), last 500 of {growth_trials} at "
