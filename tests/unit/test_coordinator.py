@@ -565,21 +565,29 @@ def test_random_values_match_keras_tuners_own(tmp_path):
     c.close()
 
 
+def _mixed_space():
+    """Every hyperparameter type, one conditional on a Choice (the guide's MLP-or-CNN shape)."""
+    from keras_tuner.src.engine.hyperparameters import HyperParameters
+
+    hp = HyperParameters()
+    hp.Choice("model_type", ["mlp", "cnn"])
+    hp.Int("units", 32, 512, step=32, sampling="log")
+    hp.Float("dropout", 0.0, 0.5, step=0.1)
+    hp.Boolean("batch_norm", default=True)
+    hp.Fixed("epochs", 3)
+    with hp.conditional_scope("model_type", ["cnn"]):
+        hp.Int("filters", 8, 64, default=16)
+    return hp
+
+
 def test_space_copies_match_keras_tuners_own(tmp_path):
     """`create_trial` copies the space per trial without Keras's deserializer: same objects, every
     hyperparameter type, conditions, values; the copy is independent; a restarted chief has it too."""
     from keras_tuner.src.engine.hyperparameters import HyperParameters
 
-    hp = HyperParameters()
-    model_type = hp.Choice("model_type", ["mlp", "cnn"])
-    hp.Int("units", 32, 512, step=32, sampling="log")
-    hp.Float("dropout", 0.0, 0.5, step=0.1)
+    hp = _mixed_space()
     hp.Float("lr", 1e-4, 1e-2, sampling="log")
-    hp.Boolean("batch_norm", default=True)
-    hp.Fixed("epochs", 3)
-    with hp.conditional_scope("model_type", ["cnn"]):
-        hp.Int("filters", 8, 64, default=16)
-    assert model_type == "mlp"
+    assert hp.get("model_type") == "mlp"
     c = coordinator(tmp_path, Clock())
     c.oracle.update_space(hp)
     space = c.oracle.hyperparameters
@@ -660,20 +668,6 @@ def test_state_files_written_in_chunks_never_name_a_trial_without_its_file(tmp_p
     c.close()
 
 
-def _guide_like_space():
-    from keras_tuner.src.engine.hyperparameters import HyperParameters
-
-    hp = HyperParameters()
-    hp.Choice("model_type", ["mlp", "cnn"])
-    hp.Int("units", 32, 512, step=32, sampling="log")
-    hp.Float("dropout", 0.0, 0.5, step=0.1)
-    hp.Boolean("batch_norm", default=True)
-    hp.Fixed("epochs", 3)
-    with hp.conditional_scope("model_type", ["cnn"]):
-        hp.Int("filters", 8, 64, default=16)
-    return hp
-
-
 def test_copies_are_encoded_as_keras_tuner_encodes_them(tmp_path):
     """A copy's space is encoded once per size of the oracle's space; the message is stock's."""
     import copy as copy_module
@@ -682,7 +676,7 @@ def test_copies_are_encoded_as_keras_tuner_encodes_them(tmp_path):
     from keras_tuner.src.engine.hyperparameters import HyperParameters
 
     c = coordinator(tmp_path, Clock())
-    c.oracle.update_space(_guide_like_space())
+    c.oracle.update_space(_mixed_space())
     space = c.oracle.hyperparameters
     for values in ({"x": 3, "model_type": "cnn", "filters": 24, "batch_norm": False, "dropout": 0.25},
                    {"x": 7, "model_type": "mlp", "units": 64, "epochs": 3}):
