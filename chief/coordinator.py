@@ -449,6 +449,7 @@ class Coordinator:
                 self.writer.trial_changed(oracle.trials[trial_id])
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock)
         self.heartbeat_seconds = heartbeat_seconds
+        self._handed_to = {trial_id: worker for worker, trial_id in restored.items()}  # running trial -> worker
         for worker, trial_id in restored.items():
             self.leases.grant(worker)
             log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
@@ -545,6 +546,8 @@ class Coordinator:
                 self._stop_seen = True
                 oracle.tuner_ids.add(worker)
                 trial = trial_module.Trial(oracle.get_space(), status=IDLE)
+            if trial.status == RUNNING:
+                self._handed_to[trial.trial_id] = worker
             if trial.status == RUNNING and not resumed:
                 if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
                     oracle._save_trial(trial)
@@ -572,25 +575,34 @@ class Coordinator:
                    for w, t in oracle.ongoing_trials.items())
 
     def _owner_of(self, trial_id: str) -> str | None:
-        for worker, trial in self.oracle.ongoing_trials.items():
+        """The worker running `trial_id`: the one it was handed to, checked against the oracle's
+        running trials in one lookup (every report asks, and stock workers do not say who they
+        are); a scan of them if that record is missing or stale."""
+        ongoing = self.oracle.ongoing_trials
+        worker = self._handed_to.get(trial_id)
+        trial = ongoing.get(worker) if worker is not None else None
+        if trial is not None and trial.trial_id == trial_id:
+            return worker
+        for worker, trial in ongoing.items():
             if trial.trial_id == trial_id:
                 return worker
         return None
 
-    def _accepts(self, trial_id: str, worker: str | None, what: str) -> bool:
-        """Reports count only from the worker that holds the trial now (stock workers send no id)."""
+    def _accepted_owner(self, trial_id: str, worker: str | None, what: str) -> str | None:
+        """The trial's owner if the report counts: only from the worker that holds the trial now
+        (stock workers send no id); None (and a warning) if it is ignored."""
         owner = self._owner_of(trial_id)
         if owner is not None and (worker is None or worker == owner):
-            return True
+            return owner
         log.warning("%s of trial %s from %s ignored: %s", what, trial_id, worker or "a worker",
                     f"it now belongs to {owner}" if owner else "it is not running (lease expired or already ended)")
-        return False
+        return None
 
     def update_trial(self, trial_id, metrics, step=0, worker=None, instance=None):
         with self._locked() as oracle:
             if worker:
                 self._admit(worker, instance)
-            if not self._accepts(trial_id, worker, "progress report"):
+            if self._accepted_owner(trial_id, worker, "progress report") is None:
                 return oracle.trials[trial_id]
             return oracle.update_trial(trial_id, metrics, step=step)
 
@@ -599,9 +611,9 @@ class Coordinator:
         with self._locked():
             if worker:
                 self._admit(worker, instance)
-            if not self._accepts(trial.trial_id, worker, "result"):
+            owner = self._accepted_owner(trial.trial_id, worker, "result")
+            if owner is None:
                 return False
-            owner = self._owner_of(trial.trial_id)
             if message:
                 trial.message = message
             self._end(trial, owner, message, used)
@@ -623,6 +635,7 @@ class Coordinator:
             oracle._save_trial(oracle.trials[trial.trial_id])
             oracle.save()
             log.error("search stopped: %s", self.fatal)
+        self._handed_to.pop(trial.trial_id, None)
         ended = oracle.trials[trial.trial_id]
         run = self.journal.runs.get(trial.trial_id, {})
         seconds = time.time() - run["started"] if run.get("started") else None

@@ -113,6 +113,31 @@ def test_worker_back_within_its_lease_resumes_its_trial(tmp_path):
     assert (resumed.trial_id, attempt) == (trial.trial_id, 1)
 
 
+class CountedScans(dict):
+    """The oracle's running trials, counting the scans of them."""
+
+    scans = 0
+
+    def items(self):
+        self.scans += 1
+        return super().items()
+
+
+def test_a_report_finds_its_trials_worker_without_scanning_every_running_trial(tmp_path):
+    c = coordinator(tmp_path, Clock(), max_trials=40)
+    c.oracle.ongoing_trials = CountedScans()
+    trials = {f"w{n}": c.create_trial(f"w{n}")[0] for n in range(30)}
+    c.oracle.ongoing_trials.scans = 0
+    for worker, trial in trials.items():  # stock workers do not say who they are; ktcluster's do
+        c.update_trial(trial.trial_id, {"score": 1.0}, worker=worker if worker < "w2" else None)
+    assert c.oracle.ongoing_trials.scans == 0
+    c.update_trial(trials["w1"].trial_id, {"score": 2.0}, worker="w7")  # not its trial: still refused
+    assert trials["w1"].metrics.get_history("score")[0].value == [1.0]
+    c._handed_to.clear()  # without the record (never the case), a scan still finds the owner
+    assert finish(c, trials["w3"], None, score=0.5)
+    assert c.oracle.trials[trials["w3"].trial_id].status == "COMPLETED"
+
+
 def test_duplicate_live_worker_is_refused(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock)
