@@ -42,6 +42,7 @@ IDLE = trial_module.TrialStatus.IDLE
 INVALID = trial_module.TrialStatus.INVALID
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 FINISHED_MARKER = "ktcluster-finished.json"
+DEAF_AFTER = 1.0  # seconds an oracle call may hold the lock before its time stops counting against leases
 
 
 class InconsistentState(RuntimeError):
@@ -470,8 +471,11 @@ class Coordinator:
     @contextlib.contextmanager
     def _locked(self):
         """Serialise oracle calls; what they journaled is durable when they return (before any
-        reply). If the oracle raises, release its own lock too."""
+        reply). If the oracle raises, release its own lock too. A call that held the lock for
+        over DEAF_AFTER seconds (a Bayesian fit at a thousand trials takes many) kept every
+        heartbeat waiting: that time does not count against any lease."""
         with self._lock:
+            start = self.leases.clock()
             try:
                 yield self.oracle
             except BaseException:
@@ -481,6 +485,9 @@ class Coordinator:
                 raise
             finally:
                 self.journal.commit()
+                held = self.leases.clock() - start
+                if held > DEAF_AFTER:
+                    self.leases.deaf(held)
 
     # -- workers: identity and liveness ----------------------------------------------
     def register(self, worker: str, instance: str, info: str = "") -> dict:

@@ -5,7 +5,8 @@ Two clocks run per worker id, both fed by heartbeats:
   process may claim its id (a restarted container); while it is present, a
   second process asking for the same id is a duplicate and is refused.
 - lease: an id silent for `lease_seconds` loses its running trial, which goes
-  back to the queue for another worker.
+  back to the queue for another worker. Time the chief itself could not hear
+  (`deaf`: a long oracle call, during which heartbeats wait) does not count.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _Holder:
     instance: str | None  # None: granted by a restarted chief, claimable by the first to register
     seen: float
     info: str = ""
+    deaf: float = 0.0  # seconds since `seen` during which the chief could not hear heartbeats
 
 
 class Leases:
@@ -49,7 +51,7 @@ class Leases:
         holder = self._holders.get(worker)
         if holder is None or holder.instance not in (None, instance):
             return False
-        holder.instance, holder.seen = instance, self.clock()
+        holder.instance, holder.seen, holder.deaf = instance, self.clock(), 0.0
         return True
 
     def holds(self, worker: str, instance: str | None) -> bool:
@@ -60,10 +62,18 @@ class Leases:
         """A restarted chief gives previous trial owners a fresh lease to come back within."""
         self._holders.setdefault(worker, _Holder(None, self.clock()))
 
+    def deaf(self, seconds: float) -> None:
+        """The chief could not hear heartbeats for `seconds` (they waited behind a long oracle
+        call): no lease runs out for that time. Presence still does: a process that died meanwhile
+        may be replaced as soon as it would have been."""
+        for holder in self._holders.values():
+            holder.deaf += seconds
+
     def expired(self) -> list[str]:
-        """Worker ids silent for longer than the lease (oldest first); they are forgotten."""
+        """Worker ids silent for longer than the lease, not counting the time the chief was deaf
+        (oldest first); they are forgotten."""
         now = self.clock()
-        gone = sorted((h.seen, w) for w, h in self._holders.items() if now - h.seen >= self.lease_seconds)
+        gone = sorted((h.seen, w) for w, h in self._holders.items() if now - h.seen - h.deaf >= self.lease_seconds)
         for _, worker in gone:
             del self._holders[worker]
         return [worker for _, worker in gone]

@@ -102,6 +102,31 @@ def test_silent_worker_loses_its_trial_and_its_late_report_is_ignored(tmp_path):
     assert [(e["trial"], e["status"]) for e in ends] == [(lost.trial_id, "RETRY"), (lost.trial_id, "COMPLETED")]
 
 
+def test_a_long_oracle_call_costs_no_live_worker_its_trial(tmp_path):
+    clock = Clock()
+    c = coordinator(tmp_path, clock, max_trials=5)  # leases of 10 s
+    for w in ("w1", "w2", "w3"):
+        c.register(w, w)
+    first, _ = c.create_trial("w1", "w1")
+    third, _ = c.create_trial("w3", "w3")
+    populate_space = c.oracle.populate_space
+
+    def slow(trial_id):  # a Bayesian fit at thousands of trials: every heartbeat waits for it
+        clock.now += 70
+        return populate_space(trial_id)
+
+    c.oracle.populate_space = slow
+    c.create_trial("w2", "w2")
+    c.oracle.populate_space = populate_space
+    assert c.expire_leases() == []  # the chief was deaf for 70 s, not the workers silent
+    clock.now += 9
+    c.heartbeat("w1", "w1")
+    c.heartbeat("w2", "w2")
+    clock.now += 1
+    assert c.expire_leases() == [third.trial_id]  # silent for 10 s the chief could hear: gone
+    assert finish(c, first, "w1")
+
+
 def test_worker_back_within_its_lease_resumes_its_trial(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock)

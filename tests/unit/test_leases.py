@@ -71,3 +71,16 @@ def test_granted_lease_expires_if_nobody_returns(clock):
     leases.grant("worker-3")
     clock.now += 10
     assert leases.expired() == ["worker-3"]
+
+
+def test_time_the_chief_was_deaf_does_not_count_against_a_lease(clock):
+    leases = Leases(10, 3, clock=clock)
+    leases.register("worker-1", "a")
+    leases.register("worker-2", "b")
+    clock.now += 30
+    leases.deaf(25)  # heartbeats waited for 25 of those 30 s
+    assert leases.expired() == []
+    assert leases.register("worker-1", "a-restarted")  # presence is not extended: a new process may claim the id
+    clock.now += 5
+    assert leases.expired() == ["worker-2"]
+    assert leases.beat("worker-1", "a-restarted")
