@@ -488,6 +488,9 @@ class Coordinator:
                 held = self.leases.clock() - start
                 if held > DEAF_AFTER:
                     self.leases.deaf(held)
+                    if held > 2 * self.heartbeat_seconds:
+                        log.warning("an oracle call held the chief for %.1fs (heartbeats waited; that time does "
+                                    "not count against leases)", held)
 
     # -- workers: identity and liveness ----------------------------------------------
     def register(self, worker: str, instance: str, info: str = "") -> dict:

@@ -102,7 +102,7 @@ def test_silent_worker_loses_its_trial_and_its_late_report_is_ignored(tmp_path):
     assert [(e["trial"], e["status"]) for e in ends] == [(lost.trial_id, "RETRY"), (lost.trial_id, "COMPLETED")]
 
 
-def test_a_long_oracle_call_costs_no_live_worker_its_trial(tmp_path):
+def test_a_long_oracle_call_costs_no_live_worker_its_trial(tmp_path, caplog):
     clock = Clock()
     c = coordinator(tmp_path, clock, max_trials=5)  # leases of 10 s
     for w in ("w1", "w2", "w3"):
@@ -119,6 +119,7 @@ def test_a_long_oracle_call_costs_no_live_worker_its_trial(tmp_path):
     c.create_trial("w2", "w2")
     c.oracle.populate_space = populate_space
     assert c.expire_leases() == []  # the chief was deaf for 70 s, not the workers silent
+    assert "an oracle call held the chief for 70.0s" in caplog.text
     clock.now += 9
     c.heartbeat("w1", "w1")
     c.heartbeat("w2", "w2")
