@@ -558,15 +558,15 @@ class Coordinator:
                 trial = trial_module.Trial(oracle.get_space(), status=IDLE)
             if trial.status == RUNNING:
                 self._handed_to[trial.trial_id] = worker
-            if trial.status == RUNNING and not resumed:
-                if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
-                    oracle._save_trial(trial)
-                self.journal.record(event="start", trial=trial.trial_id, worker=worker)
-                if self.trial_lines.allow():
-                    log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
-                             self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
-            elif trial.status == RUNNING:
-                log.info("trial %s resumed by %s", trial.trial_id, worker)
+                if resumed:
+                    log.info("trial %s resumed by %s", trial.trial_id, worker)
+                else:
+                    if trial.trial_id in self.journal.runs:  # a retry: stock leaves trial.json saying INVALID
+                        oracle._save_trial(trial)
+                    self.journal.record(event="start", trial=trial.trial_id, worker=worker)
+                    if self.trial_lines.allow():
+                        log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, worker,
+                                 self.journal.runs[trial.trial_id]["attempts"], trial.hyperparameters.values)
             elif trial.status == STOPPED:
                 self._stop_seen = True
                 if worker not in self.stopped_workers:
