@@ -45,6 +45,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_MAX_RETRIES": ("1", "extra attempts for a trial that raised or whose worker died"),
     "KTC_MAX_CONSECUTIVE_FAILURES": ("5", "the search stops with an error after this many failed trials in a row"),
     "KTC_FSYNC": ("0", "chief: 1 = fsync every state write (survives power loss, slower); 0 = survives kill -9"),
+    "KTC_STORAGE_GRACE_SECONDS": ("300", "chief: how long it waits for a full or failing state disk before exiting 1"),
+    "KTC_STOCK_LEASE_SECONDS": ("0", "stock KerasTuner workers (no heartbeat): 0 = refused; N = served, losing "
+                                "their trial after N s without a call (make it longer than an epoch)"),
+    "KTC_TLS_DIR": ("", "folder of PEM files for mutual TLS on the oracle (see README); empty = plaintext"),
 }
 
 
@@ -88,6 +92,9 @@ class Settings:
     max_retries: int
     max_consecutive_failures: int
     fsync: bool
+    storage_grace_seconds: float
+    stock_lease_seconds: float  # 0: stock clients are refused
+    tls_dir: str  # "": plaintext
 
     @property
     def oracle_address(self) -> str:
@@ -132,6 +139,12 @@ def _seconds(env, name):
     if not value > 0 or value != value or value == float("inf"):
         raise ConfigError(name, raw, "a positive number of seconds")
     return value
+
+
+def _stock_lease(env):
+    if env["KTC_STOCK_LEASE_SECONDS"].strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(env, "KTC_STOCK_LEASE_SECONDS")
 
 
 def _choice(env, name, allowed):
@@ -242,6 +255,9 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         max_retries=_int(env, "KTC_MAX_RETRIES", 0, 100),
         max_consecutive_failures=_int(env, "KTC_MAX_CONSECUTIVE_FAILURES", 1),
         fsync=_choice(env, "KTC_FSYNC", ("0", "1")) == "1",
+        storage_grace_seconds=_seconds(env, "KTC_STORAGE_GRACE_SECONDS"),
+        stock_lease_seconds=_stock_lease(env),
+        tls_dir=env["KTC_TLS_DIR"].strip(),
     )
     if scalars["heartbeat_seconds"] * 2 > scalars["lease_seconds"]:
         raise ConfigError("KTC_HEARTBEAT_SECONDS", env["KTC_HEARTBEAT_SECONDS"].strip(),
