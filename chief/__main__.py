@@ -34,7 +34,12 @@ def health(settings) -> int:
 def status(settings) -> int:
     from chief import status as status_module
 
-    snap = status_module.snapshot(settings)
+    from chief.journal import JournalCorrupt
+
+    try:
+        snap = status_module.snapshot(settings)
+    except JournalCorrupt as exc:
+        return _fail(1, str(exc))
     if snap is None:
         return _fail(1, f"no search state for project {settings.project!r} in {settings.state_dir}")
     print(status_module.render(snap))
@@ -59,7 +64,9 @@ def _prepare(settings):
         data.prepare(settings.dataset, settings.data_dir)
         dataset = data.load(settings.dataset, settings.data_dir)
         build_model = hypermodels.resolve(settings.model, dataset)
-        oracle = tuning.make_oracle(settings)
+        from chief.oracle import cluster_class
+
+        oracle = tuning.make_oracle(settings, extend=cluster_class)
     except (ConfigError, ImportFromStringError) as exc:
         raise _Exit(2, str(exc)) from None
     except DataError as exc:
@@ -95,21 +102,32 @@ def run(settings) -> int:
     except _Exit as exc:
         return _fail(exc.code, str(exc))
 
-    from chief.coordinator import Coordinator, InconsistentState
+    from chief.coordinator import Coordinator
+    from chief.journal import JournalCorrupt
+    from chief.oracle import version_warning
+    from chief.recovery import InconsistentState
     from chief.server import serve
 
-    oracle._set_project_dir(settings.state_dir, settings.project)
+    warning = version_warning()
+    if warning:
+        log.warning("%s", warning)
+    oracle.use_project(settings.state_dir, settings.project)
     oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
     try:
         coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
-                                  on_event=progress.ProgressLog(), fsync=settings.fsync)
-    except InconsistentState as exc:
+                                  on_event=progress.ProgressLog(), fsync=settings.fsync,
+                                  stock_lease_seconds=settings.stock_lease_seconds,
+                                  storage_grace_seconds=settings.storage_grace_seconds)
+    except (InconsistentState, JournalCorrupt) as exc:
         return _fail(1, f"KTC_PROJECT={settings.project}: {exc}")
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
-    coordinator.save_state()
-    _write_hparams_config(settings, oracle, metrics)
+    try:
+        coordinator.save_state()
+        _write_hparams_config(settings, oracle, metrics)
+    except OSError as exc:
+        return _fail(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR")
 
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
         serve(server, coordinator)
@@ -124,16 +142,22 @@ def run(settings) -> int:
             log.warning("stopping without telling %s (no request within %.0fs)", ", ".join(unheard),
                         settings.stop_grace_seconds)
         server.stop(grace=5).wait()
+        if coordinator.faults.over():
+            return _fail(1, f"search stopped: {coordinator.fatal}")
     else:
         log.info("project %s is already finished: reporting its results", settings.project)
     snap = coordinator.snapshot()
-    coordinator.close()
-    log.info(progress.final_report(snap, settings.project_results_dir))
-    if snap["best"] is not None:
-        _save_best_model(snap["best"], oracle, build_model, settings.project_results_dir)
+    try:
+        coordinator.close()
+        log.info(progress.final_report(snap, settings.project_results_dir))
+    except OSError as exc:
+        return _fail(1, f"writing the state or results files failed ({exc}); the journal holds every result: "
+                        "free space, then start the chief again to write them")
+    if snap.best is not None:
+        _save_best_model(snap.best, oracle, build_model, settings.project_results_dir)
     _give_results_away(settings)
-    if snap["fatal"]:
-        return _fail(1, f"search stopped: {snap['fatal']}")
+    if snap.fatal:
+        return _fail(1, f"search stopped: {snap.fatal}")
     coordinator.mark_finished(progress.summary_record(snap))
     return 0
 
@@ -162,7 +186,7 @@ def _save_best_model(best, oracle, build_model, results_dir) -> None:
     """The best trial's checkpoint as a standard `.keras` file (load with keras.models.load_model)."""
     import json
 
-    trial_dir = oracle._get_trial_dir(best.trial_id)
+    trial_dir = os.path.dirname(oracle.trial_file(best.trial_id))
     checkpoint = os.path.join(trial_dir, "checkpoint.weights.h5")
     if not os.path.exists(checkpoint):
         log.warning("best trial %s has no checkpoint (%s): best_model.keras not written", best.trial_id, checkpoint)

@@ -7,6 +7,8 @@ Two clocks run per worker id, both fed by heartbeats:
 - lease: an id silent for `lease_seconds` loses its running trial, which goes
   back to the queue for another worker. Time the chief itself could not hear
   (`deaf`: a long oracle call, during which heartbeats wait) does not count.
+Stock KerasTuner clients send no heartbeat: each of their calls renews a lease of
+`stock_lease_seconds` (`renew_stock`), long enough to cover an epoch between reports.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ class _Holder:
     seen: float
     info: str = ""
     deaf: float = 0.0  # seconds since `seen` during which the chief could not hear heartbeats
+    lease: float | None = None  # None: the ktcluster lease
+
+
+STOCK = "stock KerasTuner client"  # the instance of ids held by stock clients
 
 
 class Leases:
-    def __init__(self, lease_seconds: float, presence_seconds: float, clock=time.monotonic):
-        self.lease_seconds = lease_seconds
+    def __init__(self, lease_seconds: float, presence_seconds: float, clock=time.monotonic,
+                 stock_lease_seconds: float = 0.0):
+        self.lease_seconds, self.stock_lease_seconds = lease_seconds, stock_lease_seconds
         self.presence_seconds = min(presence_seconds, lease_seconds)
         self.clock = clock
         self._holders: dict[str, _Holder] = {}
@@ -54,6 +61,16 @@ class Leases:
         holder.instance, holder.seen, holder.deaf = instance, self.clock(), 0.0
         return True
 
+    def renew_stock(self, worker: str) -> None:
+        """A call from a stock client using `worker`: claim or renew its lease; DuplicateWorker if
+        a present ktcluster worker holds that id."""
+        now = self.clock()
+        holder = self._holders.get(worker)
+        if holder and holder.instance not in (None, STOCK) and now - holder.seen < self.presence_seconds:
+            raise DuplicateWorker(f"worker id {worker!r} is already used by a live ktcluster worker "
+                                  f"({holder.info or holder.instance}); give the stock client another tuner id")
+        self._holders[worker] = _Holder(STOCK, now, STOCK, lease=self.stock_lease_seconds)
+
     def holds(self, worker: str, instance: str | None) -> bool:
         holder = self._holders.get(worker)
         return holder is not None and (instance is None or holder.instance in (None, instance))
@@ -73,7 +90,8 @@ class Leases:
         """Worker ids silent for longer than the lease, not counting the time the chief was deaf
         (oldest first); they are forgotten."""
         now = self.clock()
-        gone = sorted((h.seen, w) for w, h in self._holders.items() if now - h.seen - h.deaf >= self.lease_seconds)
+        gone = sorted((h.seen, w) for w, h in self._holders.items()
+                      if now - h.seen - h.deaf >= (h.lease or self.lease_seconds))
         for _, worker in gone:
             del self._holders[worker]
         return [worker for _, worker in gone]

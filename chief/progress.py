@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -69,38 +70,119 @@ def eta(total: int, completed: int, failed: int, running: int, mean_seconds: flo
     return math.ceil(remaining / max(running, 1)) * mean_seconds
 
 
-def summary(snap: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ObjectiveInfo:
+    name: str
+    direction: str | None  # "min" or "max", as the oracle has it
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """The whole search at one moment: the chief's (Coordinator.snapshot) or the files' (status)."""
+
+    trials: list  # KerasTuner Trials (or records with trial_id, status, score, hyperparameters.values)
+    runs: dict  # trial id -> chief.trials.TrialRun
+    running: dict[str, str]  # worker -> trial id
+    queued: list[str]
+    max_trials: int | None
+    objective: ObjectiveInfo
+    best: object | None  # the best COMPLETED trial
+    space: list[str]  # hyperparameter names
+    fatal: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What a progress line says."""
+
+    completed: int
+    failed: int
+    running: dict[str, str]  # worker -> trial id
+    total: int
+    queued: int
+    objective: str
+    best: tuple | None  # (trial id, score)
+    eta: float | None
+    skipped: int = 0  # per-trial lines left out since the last progress line
+    budget: float = 0.0
+
+
+class Tally:
+    """Counts, run time and best result, kept up to date in O(1) per ended attempt (the chief
+    logs progress at hundreds of trials a second). Not thread-safe: the coordinator's lock."""
+
+    def __init__(self, direction: str | None):
+        self.direction = direction
+        self.completed = self.failed = self.timed = 0
+        self.seconds = 0.0
+        self.best: tuple | None = None
+
+    @classmethod
+    def of(cls, oracle, book) -> "Tally":
+        tally = cls(oracle.objective.direction)
+        for trial in oracle.trials.values():
+            tally._count(trial)
+        for run in book.runs.values():
+            tally._time(run.seconds)
+        return tally
+
+    def _time(self, seconds: float | None) -> None:
+        if seconds:
+            self.seconds += seconds
+            self.timed += 1
+
+    def _count(self, trial) -> None:
+        if trial.status == "FAILED":
+            self.failed += 1
+        elif trial.status == "COMPLETED":
+            self.completed += 1
+            if trial.score is not None and trial.score == trial.score:
+                better = max if self.direction == "max" else min
+                if self.best is None or better(trial.score, self.best[1]) != self.best[1]:
+                    self.best = (trial.trial_id, trial.score)
+
+    def ended(self, trial, run) -> None:
+        """An attempt of `trial` ended (`run`: its TrialRun after the transition)."""
+        self._time(run.seconds)
+        if run.phase.final:
+            self._count(trial)
+
+    def summary(self, total: int, running: dict, queued: int, objective: str, skipped: int = 0,
+                budget: float = 0.0) -> Summary:
+        mean = self.seconds / self.timed if self.timed else None
+        return Summary(self.completed, self.failed, running, total, queued, objective, self.best,
+                       eta(total, self.completed, self.failed, len(running), mean), skipped, budget)
+
+
+def summary(snap: Snapshot) -> Summary:
     """Counts, best and ETA from a full snapshot (results, status, the final report)."""
-    statuses = [t.status for t in snap["trials"]]
+    statuses = [t.status for t in snap.trials]
     completed, failed = statuses.count("COMPLETED"), statuses.count("FAILED")
-    total = snap["max_trials"] or len(statuses)
-    durations = [r["seconds"] for r in snap["runs"].values() if r.get("seconds")]
+    total = snap.max_trials or len(statuses)
+    durations = [r.seconds for r in snap.runs.values() if r.seconds]
     mean = sum(durations) / len(durations) if durations else None
-    best = snap["best"]
-    return {
-        "completed": completed, "failed": failed, "running": snap["running"], "total": total,
-        "queued": len(snap.get("queued", ())), "objective": snap["objective"].name,
-        "eta": eta(total, completed, failed, len(snap["running"]), mean),
-        "best": None if best is None else (best.trial_id, best.score),
-    }
+    best = snap.best
+    return Summary(completed, failed, snap.running, total, len(snap.queued), snap.objective.name,
+                   None if best is None else (best.trial_id, best.score),
+                   eta(total, completed, failed, len(snap.running), mean))
 
 
-def summary_record(snap: dict) -> dict:
+def summary_record(snap: Snapshot) -> dict:
     """JSON-able counts for the finished marker."""
     s = summary(snap)
-    return {"completed": s["completed"], "failed": s["failed"], "total": len(snap["trials"]),
-            "best_trial": s["best"][0] if s["best"] else None}
+    return {"completed": s.completed, "failed": s.failed, "total": len(snap.trials),
+            "best_trial": s.best[0] if s.best else None}
 
 
-def line(s: dict) -> str:
+def line(s: Summary) -> str:
     """One progress line from a summary (`summary()` or the coordinator's O(1) `progress()`)."""
-    running = ", ".join(f"{w}:{t}" for w, t in sorted(s["running"].items())) or "none"
-    best = "none yet" if s["best"] is None else f"{s['best'][1]:.4f} (trial {s['best'][0]})"
-    queued = f", {s['queued']} queued for retry" if s["queued"] else ""
-    skipped = (f"; {s['skipped']} trial start/end lines not shown (over {s['budget']:g} a second, every trial "
-               "is in the journal)") if s.get("skipped") else ""
-    return (f"progress: {s['completed'] + s['failed']}/{s['total']} done ({s['failed']} failed{queued}), "
-            f"running [{running}], best {s['objective']} {best}, ETA {_duration(s['eta'])}{skipped}")
+    running = ", ".join(f"{w}:{t}" for w, t in sorted(s.running.items())) or "none"
+    best = "none yet" if s.best is None else f"{s.best[1]:.4f} (trial {s.best[0]})"
+    queued = f", {s.queued} queued for retry" if s.queued else ""
+    skipped = (f"; {s.skipped} trial start/end lines not shown (over {s.budget:g} a second, every trial "
+               "is in the journal)") if s.skipped else ""
+    return (f"progress: {s.completed + s.failed}/{s.total} done ({s.failed} failed{queued}), "
+            f"running [{running}], best {s.objective} {best}, ETA {_duration(s.eta)}{skipped}")
 
 
 class ProgressLog:
@@ -139,29 +221,29 @@ class ProgressLog:
         log.info(text)
 
 
-def write_results(snap: dict, results_dir: str) -> dict:
+def write_results(snap: Snapshot, results_dir: str) -> dict:
     """trials.csv + best_hyperparameters.json; returns the best record."""
-    rows = results.trials_rows(snap["trials"], snap["runs"], snap["space"])
-    best = snap["best"]
+    rows = results.trials_rows(snap.trials, snap.runs, snap.space)
+    best = snap.best
     best_record = {
-        "objective": snap["objective"].name,
-        "direction": snap["objective"].direction,
+        "objective": snap.objective.name,
+        "direction": snap.objective.direction,
         "trial_id": best.trial_id if best else None,
         "score": best.score if best else None,
-        "worker": snap["runs"].get(best.trial_id, {}).get("worker") if best else None,
+        "worker": snap.runs[best.trial_id].owner if best and best.trial_id in snap.runs else None,
         "hyperparameters": dict(best.hyperparameters.values) if best else {},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results.write(results_dir, rows, snap["space"], best_record)
+    results.write(results_dir, rows, snap.space, best_record)
     return best_record
 
 
-def final_report(snap: dict, results_dir: str) -> str:
+def final_report(snap: Snapshot, results_dir: str) -> str:
     best = write_results(snap, results_dir)
     s = summary(snap)
-    failed = [f"{t.trial_id} ({snap['runs'].get(t.trial_id, {}).get('message') or 'no message'})"
-              for t in snap["trials"] if t.status == "FAILED"]
-    return (f"search {'STOPPED' if snap.get('fatal') else 'finished'}: {s['completed']} completed, "
-            f"{s['failed']} failed{': ' + '; '.join(failed) if failed else ''} of {len(snap['trials'])}; "
+    failed = [f"{t.trial_id} ({(snap.runs[t.trial_id].message if t.trial_id in snap.runs else '') or 'no message'})"
+              for t in snap.trials if t.status == "FAILED"]
+    return (f"search {'STOPPED' if snap.fatal else 'finished'}: {s.completed} completed, "
+            f"{s.failed} failed{': ' + '; '.join(failed) if failed else ''} of {len(snap.trials)}; "
             f"best {best['objective']}={best['score']} (trial {best['trial_id']}) "
             f"{json.dumps(best['hyperparameters'], sort_keys=True)}; results in {results_dir}")

@@ -9,7 +9,6 @@ blocking wait on an event instead of sleep-polling.
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import logging
@@ -20,9 +19,11 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from chief.coordinator import hyperparameters_proto
+from chief.journal import StorageUnavailable
 from chief.leases import DuplicateWorker
-from shared import rpc
+from chief.oracle import MAX_HYPERPARAMETERS
+from chief.trials import Caller, InvalidRequest, Refused
+from shared import config, rpc
 
 log = logging.getLogger("ktcluster.server")
 service = protos.get_service()
@@ -34,15 +35,19 @@ class PortInUse(RuntimeError):
 
 
 def _guarded(method):
-    """Map exceptions to gRPC status codes so a worker sees the cause, and the chief keeps serving."""
+    """Answer a refused request with its status code and one line (nothing changed), a chief that
+    cannot store with UNAVAILABLE (the worker retries), and anything else with INTERNAL, logged:
+    the chief keeps serving either way."""
 
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
+        except Refused as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except DuplicateWorker as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except KeyError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown trial {exc}")
+        except StorageUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the chief cannot store results now ({exc.strerror}); retry")
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -51,68 +56,48 @@ def _guarded(method):
     return wrapper
 
 
-def _caller(meta: dict) -> tuple[str | None, str | None]:
-    """Who calls: worker id and process instance (absent from stock workers)."""
-    return meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY)
+def _caller(context) -> Caller:
+    """Who calls: a ktcluster worker sends its id, process instance and attempt; a stock client
+    sends none of them. A malformed attempt is refused."""
+    meta = rpc.metadata(context)
+    worker, instance, attempt = meta.get(rpc.WORKER_KEY), meta.get(rpc.INSTANCE_KEY), meta.get(rpc.ATTEMPT_KEY)
+    if (worker is None) != (instance is None):
+        raise InvalidRequest(f"metadata {rpc.WORKER_KEY} and {rpc.INSTANCE_KEY} come together, or not at all")
+    if attempt is not None and not (attempt.isdigit() and 0 < int(attempt) < 10**6):
+        raise InvalidRequest(f"metadata {rpc.ATTEMPT_KEY}={attempt[:20]!r} is not an attempt number")
+    return Caller(worker, instance, int(attempt) if attempt is not None else None)
 
 
-def _report(meta: dict) -> tuple[str, list[str] | None]:
-    """A finished attempt's message and used hyperparameters (absent from stock workers)."""
+def _report(context) -> tuple[str, list[str] | None]:
+    """A finished attempt's message and the hyperparameters its build used (absent from stock workers)."""
+    meta = rpc.metadata(context)
     used = meta.get(rpc.USED_KEY)
-    return meta.get(rpc.MESSAGE_KEY, b"").decode("utf-8", "replace"), json.loads(used) if used else None
+    message = meta.get(rpc.MESSAGE_KEY, b"").decode("utf-8", "replace")
+    if used is None:
+        return message, None
+    try:
+        names = json.loads(used)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > MAX_HYPERPARAMETERS:
+        raise InvalidRequest(f"metadata {rpc.USED_KEY} must be a JSON list of hyperparameter names")
+    return message, names
 
 
-@functools.cache
-def _status_proto(status):
-    """`TrialStatus.to_proto`, once per status (it walks protobuf's enum wrapper on every call)."""
-    return trial_module.TrialStatus.to_proto(status)
-
-
-def trial_proto(trial, hyperparameters):
-    """`trial.to_proto()` with its hyperparameters already encoded (they are most of the cost)."""
-    proto = protos.get_proto().Trial(trial_id=trial.trial_id, hyperparameters=hyperparameters,
-                                     status=_status_proto(trial.status),
-                                     metrics=trial.metrics.to_proto())
-    if trial.score is not None:
-        proto.score.value, proto.score.step = trial.score, trial.best_step
-    return proto
+def _string(request: dict, key: str, limit: int, required: bool = True) -> str:
+    value = request.get(key, None if required else "")
+    if not isinstance(value, str) or (required and not value) or len(value) > limit:
+        raise InvalidRequest(f"{key!r} must be a {'non-empty ' if required else ''}string of at most {limit} "
+                             f"characters, not {str(value)[:40]!r}")
+    return value
 
 
 class OracleServicer(service_grpc.OracleServicer):
-    """KerasTuner's Oracle service; ktcluster workers add who they are as metadata.
-
-    Every report echoes the whole trial, search space included, and a worker almost always sends
-    back the hyperparameters it was given. The servicer keeps what it sent with each running trial
-    (the object and its proto): progress replies reuse the proto, and a result whose
-    hyperparameters equal it (a proto comparison, ~1 us) reuses the object instead of parsing
-    the space again (~100 us for the MNIST example's space). Anything else (a build that added
-    hyperparameters, a stock worker's re-encoding) takes KerasTuner's own parse.
-
-    A trial that ends without a result (its worker's lease expired, out of retries) leaves its
-    entry behind; entries of trials no longer running are dropped whenever the table has doubled
-    since the last sweep, so it stays about as large as the number of running trials. A dropped
-    entry only costs the full parse, never a wrong result.
-    """
-
-    SWEEP_MIN = 64
+    """KerasTuner's Oracle service; ktcluster workers add who they are as metadata. Each method
+    parses its request, names the caller and hands both to the coordinator."""
 
     def __init__(self, coordinator):
         self.coordinator = coordinator
-        self._sent: dict[str, tuple] = {}  # running trial id -> (HyperParameters, its proto)
-        self._sweep_at = self.SWEEP_MIN
-
-    def _remember(self, trial, proto) -> None:
-        self._sent[trial.trial_id] = (trial.hyperparameters, proto)
-        if len(self._sent) >= self._sweep_at:
-            running = self.coordinator.running_trial_ids()
-            for trial_id in list(self._sent):
-                if trial_id not in running:
-                    self._sent.pop(trial_id, None)
-            self._sweep_at = max(2 * len(self._sent), self.SWEEP_MIN)
-
-    def _proto(self, trial):
-        sent = self._sent.get(trial.trial_id)
-        return trial_proto(trial, sent[1]) if sent and sent[0] is trial.hyperparameters else trial.to_proto()
 
     @_guarded
     def GetSpace(self, request, context):
@@ -120,42 +105,32 @@ class OracleServicer(service_grpc.OracleServicer):
 
     @_guarded
     def UpdateSpace(self, request, context):
-        self.coordinator.update_space(hp_module.HyperParameters.from_proto(request.hyperparameters))
+        caller = _caller(context)
+        self.coordinator.update_space(hp_module.HyperParameters.from_proto(request.hyperparameters), caller)
         return service.UpdateSpaceResponse()
 
     @_guarded
     def CreateTrial(self, request, context):
-        _, instance = _caller(rpc.metadata(context))
-        trial, attempt = self.coordinator.create_trial(request.tuner_id, instance)
+        trial, attempt = self.coordinator.create_trial(request.tuner_id, _caller(context))
         context.set_trailing_metadata(((rpc.ATTEMPT_KEY, str(attempt)),))
-        hyperparameters = hyperparameters_proto(trial.hyperparameters)
-        if trial.status == trial_module.TrialStatus.RUNNING:
-            self._remember(trial, hyperparameters)
-        return service.CreateTrialResponse(trial=trial_proto(trial, hyperparameters))
+        return service.CreateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def UpdateTrial(self, request, context):
-        worker, instance = _caller(rpc.metadata(context))
-        trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), step=request.step,
-                                              worker=worker, instance=instance)
-        return service.UpdateTrialResponse(trial=self._proto(trial))
+        trial = self.coordinator.update_trial(request.trial_id, dict(request.metrics), request.step, _caller(context))
+        return service.UpdateTrialResponse(trial=trial.to_proto())
 
     @_guarded
     def EndTrial(self, request, context):
-        meta = rpc.metadata(context)
-        (worker, instance), (message, used) = _caller(meta), _report(meta)
-        sent = self._sent.pop(request.trial.trial_id, None)
-        if sent and request.trial.hyperparameters == sent[1]:
-            trial = trial_module.Trial(sent[0], trial_id=request.trial.trial_id,
-                                       status=trial_module.TrialStatus.from_proto(request.trial.status))
-        else:
-            trial = trial_module.Trial.from_proto(request.trial)
-        self.coordinator.end_trial(trial, worker, instance, message, used)
+        caller, (message, used) = _caller(context), _report(context)
+        trial = trial_module.Trial.from_proto(request.trial)
+        trial.status = trial_module.TrialStatus.from_proto(request.trial.status) or "UNKNOWN"
+        self.coordinator.end_trial(trial, caller, message, used)
         return service.EndTrialResponse()
 
     @_guarded
     def GetTrial(self, request, context):
-        return service.GetTrialResponse(trial=self._proto(self.coordinator.get_trial(request.trial_id)))
+        return service.GetTrialResponse(trial=self.coordinator.get_trial(request.trial_id).to_proto())
 
     @_guarded
     def GetBestTrials(self, request, context):
@@ -164,18 +139,30 @@ class OracleServicer(service_grpc.OracleServicer):
 
 
 class ClusterServicer:
-    """ktcluster's own service: worker registration and heartbeats."""
+    """ktcluster's own service: worker registration and heartbeats (JSON payloads, checked here)."""
 
     def __init__(self, coordinator):
         self.coordinator = coordinator
 
+    @staticmethod
+    def _who(request) -> tuple[str, str]:
+        if not isinstance(request, dict):
+            raise InvalidRequest("the request must be a JSON object with 'worker' and 'instance'")
+        worker = _string(request, "worker", config.MAX_TUNER_ID)
+        try:
+            config.validate_tuner_id(worker, name="worker")
+        except config.ConfigError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return worker, _string(request, "instance", 128)
+
     @_guarded
     def Register(self, request, context):
-        return self.coordinator.register(request["worker"], request["instance"], request.get("info", ""))
+        worker, instance = self._who(request)
+        return self.coordinator.register(worker, instance, _string(request, "info", 500, required=False))
 
     @_guarded
     def Heartbeat(self, request, context):
-        return self.coordinator.heartbeat(request["worker"], request["instance"])
+        return self.coordinator.heartbeat(*self._who(request))
 
 
 class InProcessContext:

@@ -7,23 +7,35 @@ Files, not RPC: the same command works on a running cluster
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
-import types
 
-from chief import progress
-from chief.journal import JOURNAL, RunJournal
+from chief import progress, recovery
 from shared import results
 
 
-def _trial(state: dict):
-    values = state["hyperparameters"]["values"]
-    return types.SimpleNamespace(trial_id=state["trial_id"], status=state["status"], score=state.get("score"),
-                                 hyperparameters=types.SimpleNamespace(values=values))
+@dataclasses.dataclass(frozen=True)
+class Values:
+    values: dict
 
 
-def snapshot(settings) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """What status needs of a trial, read from its state (no KerasTuner import)."""
+
+    trial_id: str
+    status: str
+    score: float | None
+    hyperparameters: Values
+
+    @classmethod
+    def of(cls, state: dict) -> "TrialRecord":
+        return cls(state["trial_id"], state["status"], state.get("score"), Values(state["hyperparameters"]["values"]))
+
+
+def snapshot(settings) -> progress.Snapshot | None:
     """A coordinator-like snapshot of the project's files; None if the project has no state yet.
 
     The journal is the truth (the trial.json files and oracle.json are written behind it)."""
@@ -36,25 +48,24 @@ def snapshot(settings) -> dict | None:
     for path in glob.glob(os.path.join(project_dir, "trial_*", "trial.json")):
         state = json.load(open(path))
         states[state["trial_id"]] = state
-    runs, journaled = RunJournal.replay(os.path.join(project_dir, JOURNAL))
-    states.update(journaled)
-    trials = [_trial(states[t]) for t in sorted(states, key=lambda t: (len(t), t))]
+    replayed = recovery.read_project(project_dir)
+    states.update(replayed.states)
+    trials = [TrialRecord.of(states[t]) for t in sorted(states, key=lambda t: (len(t), t))]
     direction = settings.objective.direction or ("min" if "loss" in settings.objective.name else "max")
     done = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
     best = (max if direction == "max" else min)(done, key=lambda t: t.score) if done else None
-    running = {run["worker"]: tid for tid, run in runs.items()
-               if run["status"] == "RUNNING" and states.get(tid, {}).get("status") not in ("COMPLETED", "FAILED")}
-    queued = [tid for tid, run in runs.items() if run["status"] == "RETRY"]
+    book = replayed.book
+    running = {run.owner: tid for tid, run in book.running.items()}
+    queued = [tid for tid, run in book.runs.items() if run.phase is recovery.Phase.QUEUED]
     space = [hp["config"]["name"] for hp in oracle["hyperparameters"]["space"]]
-    return {"trials": trials, "runs": runs, "running": running, "queued": queued,
-            "max_trials": settings.max_trials if settings.tuner != "hyperband" else None,
-            "objective": types.SimpleNamespace(name=settings.objective.name, direction=direction),
-            "best": best, "space": space, "fatal": None}
+    return progress.Snapshot(trials, dict(book.runs), running, queued,
+                             settings.max_trials if settings.tuner != "hyperband" else None,
+                             progress.ObjectiveInfo(settings.objective.name, direction), best, space)
 
 
-def render(snap: dict) -> str:
-    rows = results.trials_rows(snap["trials"], snap["runs"], snap["space"])
-    columns = results.FIXED_COLUMNS + [c for c in snap["space"] if any(r[c] is not None for r in rows)] + ["attempts"]
+def render(snap: progress.Snapshot) -> str:
+    rows = results.trials_rows(snap.trials, snap.runs, snap.space)
+    columns = results.FIXED_COLUMNS + [c for c in snap.space if any(r[c] is not None for r in rows)] + ["attempts"]
     cells = [[results.cell(r[c]) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = [progress.line(progress.summary(snap)), ""]

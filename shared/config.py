@@ -113,6 +113,7 @@ class Settings:
         return os.path.join(self.results_dir, self.project)
 
 
+MAX_TUNER_ID = 64
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _METRIC = re.compile(r"^[A-Za-z_]\w*$")
@@ -160,9 +161,11 @@ def validate_tuner_id(tuner_id: str, name: str = "KERASTUNER_TUNER_ID") -> str:
     KerasTuner treats ANY process whose id contains "chief" as the oracle
     (a substring test), which would start a second oracle on the same port.
     """
+    if len(tuner_id) > MAX_TUNER_ID:
+        raise ConfigError(name, tuner_id[:40] + "...", f"at most {MAX_TUNER_ID} characters")
     if "chief" in tuner_id.lower():
         raise ConfigError(name, tuner_id, "a worker id must not contain 'chief' (KerasTuner would start a second oracle)")
-    if not _NAME.match(tuner_id):
+    if not _NAME.fullmatch(tuner_id):
         raise ConfigError(name, tuner_id, "letters, digits, '.', '_' or '-', starting with a letter or digit")
     return tuner_id
 

@@ -23,22 +23,23 @@ def cell(value) -> str:
 
 
 def trials_rows(trials, runs, hp_names):
-    """One dict per trial, in trial-id order. `runs[trial_id]` has 'worker', 'seconds', 'attempts',
-    'message' and 'used' (the hyperparameters the model was built with: only those get a value)."""
+    """One dict per trial, in trial-id order. `runs[trial_id]` (the chief's TrialRun) has `owner`,
+    `seconds`, `attempt`, `message` and `used` (the hyperparameters the model was built with: only
+    those get a value)."""
     rows = []
     for trial in sorted(trials, key=lambda t: t.trial_id):
-        run = runs.get(trial.trial_id, {})
+        run = runs.get(trial.trial_id)
         row = {
             "trial_id": trial.trial_id,
-            "worker": run.get("worker"),
+            "worker": run and run.owner,
             "status": trial.status,
             "score": trial.score,
-            "seconds": None if run.get("seconds") is None else round(run["seconds"], 3),
+            "seconds": None if run is None or run.seconds is None else round(run.seconds, 3),
         }
         values = trial.hyperparameters.values
-        used = run.get("used")  # None: unknown (e.g. a stock worker): show every sampled value
+        used = run and run.used  # None: unknown (e.g. a stock worker): show every sampled value
         row.update({name: values.get(name) if used is None or name in used else None for name in hp_names})
-        row.update(attempts=run.get("attempts"), message=run.get("message") or None)
+        row.update(attempts=run and run.attempt, message=(run and run.message) or None)
         rows.append(row)
     return rows
 

@@ -28,7 +28,11 @@ def _dumps(obj) -> bytes:
 
 
 def _loads(raw: bytes):
-    return json.loads(raw.decode()) if raw else {}
+    """The request as JSON; None if it is not JSON (the handler refuses it with INVALID_ARGUMENT)."""
+    try:
+        return json.loads(raw.decode()) if raw else {}
+    except ValueError:
+        return None
 
 
 def generic_handler(implementation) -> grpc.GenericRpcHandler:

@@ -7,9 +7,13 @@ import contextlib
 from shared.config import ConfigError, Settings
 
 
-def make_oracle(settings: Settings):
-    """The stock KerasTuner oracle for KTC_TUNER, untouched: ktcluster wraps it, never forks it."""
+def make_oracle(settings: Settings, extend=None):
+    """The KerasTuner oracle for KTC_TUNER. `extend(cls) -> subclass`, if given, extends the stock
+    class first (the chief's `chief.oracle.cluster_class`); workers use the stock class as it is."""
     import keras_tuner as kt
+
+    def build(cls, **kwargs):
+        return (extend(cls) if extend else cls)(**kwargs)
 
     objective = settings.objective.name
     if settings.objective.direction:
@@ -18,13 +22,13 @@ def make_oracle(settings: Settings):
                   max_consecutive_failed_trials=settings.max_consecutive_failures)
     try:
         if settings.tuner == "hyperband":
-            return kt.oracles.HyperbandOracle(max_epochs=settings.epochs, **common)
+            return build(kt.oracles.HyperbandOracle, max_epochs=settings.epochs, **common)
         oracle_class = {
             "random": kt.oracles.RandomSearchOracle,
             "bayesian": kt.oracles.BayesianOptimizationOracle,
             "grid": kt.oracles.GridSearchOracle,
         }[settings.tuner]
-        return oracle_class(max_trials=settings.max_trials, **common)
+        return build(oracle_class, max_trials=settings.max_trials, **common)
     except ValueError as exc:  # e.g. a direction KerasTuner cannot infer from the name
         raise ConfigError("KTC_OBJECTIVE", settings.objective.name,
                           f"{' '.join(str(exc).split())[:120]}; write NAME:min or NAME:max") from None

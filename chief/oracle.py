@@ -1,0 +1,211 @@
+"""KerasTuner's oracles, extended for a cluster through their own extension points.
+
+`cluster_oracle(cls, **kwargs)` builds `Cluster<cls>`, a subclass of the configured stock oracle
+(random, bayesian, hyperband, grid) with `ClusterOracleMixin` first in its MRO: each override
+calls `super()`, the algorithm and the bookkeeping stay KerasTuner's.
+
+Every private KerasTuner name ktcluster's chief uses is used here and nowhere else:
+- `Oracle._save_trial(trial)`: stock's hook for "a trial changed" (create, report, end);
+  overridden to journal the state before the reply and write trial.json behind.
+- `Oracle._check_consecutive_failures()`: stock scans every ended trial (O(trials) per result) and
+  raises inside `@synchronized`, leaving the oracle half-updated and its lock held; overridden
+  to check the tail and record the stop instead of raising.
+- `Oracle._set_project_dir`, `_project_dir`, `_get_oracle_fname`, `_get_trial_dir`: where stock
+  keeps its files (read by StateWriter and tools such as `tuner.reload()`).
+- `Oracle._check_objective_found(metrics)`: stock's check that a report holds the objective,
+  run before the report reaches the oracle (inside `update_trial` it would raise under the lock).
+- `Oracle._retry_queue`, `_run_times`, `_id_to_hash`, `_tried_so_far`, `_compute_values_hash`:
+  the retry queue and tried values, read by the coordinator and rebuilt by `restore`.
+- `engine.oracle.LOCKS` / `THREADS`: `@synchronized` releases its lock only on a normal return;
+  `release_lock_after_error` releases it when a stock method raised.
+Tested with keras-tuner TESTED_KERAS_TUNER; `version_warning()` says so when another is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import threading
+
+from keras_tuner.src.engine import hyperparameters as hp_module
+from keras_tuner.src.engine import oracle as oracle_module
+from keras_tuner.src.engine import trial as trial_module
+
+from chief.trials import Phase, TrialBook
+
+TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
+MAX_HYPERPARAMETERS = 1000
+MAX_NAME_LENGTH = 128
+RUNNING = trial_module.TrialStatus.RUNNING
+
+
+class InvalidSpace(ValueError):
+    """A search space sent by a worker that must not reach the oracle; `str()` says why."""
+
+
+def version_warning() -> str | None:
+    """None if the installed keras-tuner is in the tested range, else a one-line warning."""
+    installed = importlib.metadata.version("keras-tuner")
+
+    def key(version):
+        return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+    low, high = TESTED_KERAS_TUNER
+    if key(low) <= key(installed) <= key(high):
+        return None
+    return (f"keras-tuner {installed} is installed; ktcluster's chief is tested with {low} to {high} and uses "
+            "some of its private methods (chief/oracle.py): pin keras-tuner in that range if trials misbehave")
+
+
+class ClusterOracleMixin:
+    """Journaled, write-behind state and cluster queries for a stock oracle. `attach` must be
+    called before the first trial. Every method runs under the coordinator's lock."""
+
+    journal = None  # chief.journal.RunJournal
+    writer = None  # chief.statefiles.StateWriter
+    failure_streak: str | None = None  # set when max_consecutive_failed_trials were reached
+
+    def attach(self, journal, writer) -> None:
+        self.journal, self.writer = journal, writer
+
+    def use_project(self, directory: str, name: str) -> None:
+        self._set_project_dir(directory, name)
+
+    # -- stock extension points ----------------------------------------------------------
+    def _save_trial(self, trial) -> None:
+        self.journal.record_trial(trial.get_state())
+        self.writer.trial_changed(trial)
+
+    def save(self) -> None:
+        self.writer.save()
+
+    def _check_consecutive_failures(self) -> None:
+        """Only the tail of `end_order` can form a new run of failures; record it, never raise."""
+        limit, run = self.max_consecutive_failed_trials, 0
+        for trial_id in reversed(self.end_order):
+            trial = self.trials[trial_id]
+            if trial.status != trial_module.TrialStatus.FAILED:
+                return
+            run += 1
+            if run >= limit:
+                self.failure_streak = (f"{limit} trials failed in a row (KTC_MAX_CONSECUTIVE_FAILURES); last error: "
+                                       f"{short_message(trial.message)}")
+                return
+
+    # -- what the coordinator and the state files ask ---------------------------------------
+    @property
+    def project_dir(self) -> str:
+        return self._project_dir
+
+    def oracle_file(self) -> str:
+        return self._get_oracle_fname()
+
+    def trial_file(self, trial_id: str) -> str:
+        return os.path.join(self._get_trial_dir(trial_id), "trial.json")
+
+    @property
+    def queued_ids(self) -> list[str]:
+        return self._retry_queue
+
+    def trial_restarted(self, trial) -> None:
+        """A retry was handed out: stock does not save it, so its state would still say INVALID."""
+        self._save_trial(trial)
+
+    def check_metrics(self, metrics: dict) -> None:
+        """Raise ValueError unless a progress report is safe to record: at most MAX_HYPERPARAMETERS
+        metrics with sane names, and the objective among them (stock would raise that inside its
+        lock)."""
+        if len(metrics) > MAX_HYPERPARAMETERS:
+            raise ValueError(f"{len(metrics)} metrics: at most {MAX_HYPERPARAMETERS} are allowed")
+        for name in metrics:
+            if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+                raise ValueError(f"metric name {name[:40]!r}: 1 to {MAX_NAME_LENGTH} printable characters")
+        self._check_objective_found(metrics)
+
+    def release_lock_after_error(self) -> None:
+        """A stock `@synchronized` method raised in this thread: release the lock it kept."""
+        if oracle_module.THREADS[self] == threading.current_thread().name:
+            oracle_module.THREADS[self] = None
+            oracle_module.LOCKS[self].release()
+
+    def check_space(self, hyperparameters) -> None:
+        """Raise InvalidSpace unless merging `hyperparameters` into the space is safe: finite
+        numbers, names of sane length, conditions on known parents, at most MAX_HYPERPARAMETERS."""
+        known = {hp.name for hp in self.hyperparameters.space}
+        names = known | {hp.name for hp in hyperparameters.space}
+        if len(names) > MAX_HYPERPARAMETERS:
+            raise InvalidSpace(f"{len(names)} hyperparameters: at most {MAX_HYPERPARAMETERS} are allowed")
+        for hp in hyperparameters.space:
+            if not hp.name or len(hp.name) > MAX_NAME_LENGTH or not hp.name.isprintable():
+                raise InvalidSpace(f"hyperparameter name {hp.name[:40]!r}...: 1 to {MAX_NAME_LENGTH} printable "
+                                   "characters")
+            config = hp.get_config()
+            for key in ("min_value", "max_value", "step", "default", "value", "values"):
+                values = config.get(key)
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise InvalidSpace(f"hyperparameter {hp.name!r}: {key} {value} is not a finite number")
+            for condition in hp.conditions:
+                if condition.name not in names:
+                    raise InvalidSpace(f"hyperparameter {hp.name!r}: its condition names {condition.name!r}, "
+                                       "which is not in the space")
+
+    # -- restart ------------------------------------------------------------------------
+    def restore(self, book: TrialBook, states: dict[str, dict]) -> dict[str, str]:
+        """Reload the project from its files, then make the journal's truth win; return the
+        trials still running, by worker. Stock `reload` re-queues every trial its (lagging)
+        oracle.json lists as ongoing, finished ones included: that is how a stock chief re-ran
+        finished trials. Here a trial whose attempt is still running stays with its worker (its
+        lease decides), a trial waiting for a retry is queued, a trial that exists without a
+        start is queued, and finished trials stay finished."""
+        self.reload()
+        for trial_id, state in states.items():
+            self.trials[trial_id] = trial_module.Trial.from_state(state)
+        self.ongoing_trials, queue, restored = {}, [], {}
+        for trial_id, trial in self.trials.items():
+            run = book.runs.get(trial_id)
+            if run is not None and run.phase is Phase.RUNNING:
+                trial.status = RUNNING
+                self.ongoing_trials[run.owner] = trial
+                self.tuner_ids.add(run.owner)
+                restored[run.owner] = trial_id
+            elif run is None or run.phase is Phase.QUEUED:
+                queue.append(trial_id)
+        self._retry_queue = queue
+        known = set(self.start_order)
+        self.start_order += [t for t in sorted(self.trials, key=int) if t not in known]
+        ended = set(self.end_order)
+        finals = sorted((run.ended_at or 0, t) for t, run in book.runs.items()
+                        if t not in ended and run.phase is not None and run.phase.final)
+        self.end_order += [t for _, t in finals]
+        for trial_id, run in book.runs.items():
+            self._run_times[trial_id] = max(self._run_times[trial_id], run.ended)
+        for trial_id, trial in self.trials.items():
+            if self._id_to_hash[trial_id] is None:
+                digest = self._compute_values_hash(trial.hyperparameters.values)
+                self._id_to_hash[trial_id] = digest
+                self._tried_so_far.add(digest)
+        return restored
+
+
+def short_message(message: str | None) -> str:
+    """'ExceptionType: text' from a traceback (its last non-empty line), on one line."""
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    return " ".join(lines[-1].split())[:500] if lines else ""
+
+
+def cluster_class(cls: type) -> type:
+    """`Cluster<cls>`: the stock oracle class with ClusterOracleMixin first in its MRO."""
+    if issubclass(cls, ClusterOracleMixin):
+        return cls
+    return type("Cluster" + cls.__name__, (ClusterOracleMixin, cls), {})
+
+
+def cluster_oracle(cls: type, **kwargs):
+    """An instance of `cluster_class(cls)` built with the stock constructor's arguments."""
+    return cluster_class(cls)(**kwargs)
+
+
+def space_from_proto(proto):
+    return hp_module.HyperParameters.from_proto(proto)

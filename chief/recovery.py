@@ -1,0 +1,91 @@
+"""Recovery from the journal: its lines folded back into the trial state machine and states.
+
+Used by a restarting chief (then `ClusterOracleMixin.restore` makes the oracle agree) and by
+`python -m chief status`, which needs no TensorFlow. The journal is the truth: the state files
+are written behind it and may lag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from chief.journal import JOURNAL, Event, JournalCorrupt, read_lines
+from chief.trials import Cause, Phase, Refused, TrialBook
+
+__all__ = ["Phase", "InconsistentState", "Replayed", "replay", "read_project", "outcome_status"]
+
+RETRY = "RETRY"  # an end line's status when the trial went back to the queue
+
+
+class InconsistentState(RuntimeError):
+    """The project's files contradict each other: resuming would hand out trial ids again."""
+
+
+@dataclasses.dataclass
+class Replayed:
+    book: TrialBook  # every trial's attempts, as the state machine left them
+    states: dict[str, dict]  # trial id -> its latest KerasTuner state (trial.json's content)
+
+
+def outcome_status(phase: Phase) -> str:
+    """The status an end line records for a trial's phase after the end."""
+    return RETRY if phase is Phase.QUEUED else phase.value
+
+
+def replay(events: list[dict], path: str = JOURNAL) -> Replayed:
+    """Fold journal events, in order; JournalCorrupt names the first line that contradicts the
+    state machine or the lines before it."""
+    book, states, spaces = TrialBook(), {}, {}
+    for number, event in enumerate(events, start=1):
+        try:
+            _apply(event, book, states, spaces)
+        except (Refused, KeyError, TypeError, ValueError) as exc:
+            raise JournalCorrupt(f"{path} line {number} does not fit the lines before it ({exc}); the journal is "
+                                 "damaged: restore it from a backup or start a new project") from None
+    return Replayed(book, states)
+
+
+def _apply(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
+    kind = Event(event["event"])
+    if kind is Event.SPACE:
+        spaces[event["ref"]] = event["space"]
+    elif kind is Event.TRIAL:
+        state, hyperparameters = event["state"], event["state"]["hyperparameters"]
+        if isinstance(hyperparameters["space"], str):
+            state["hyperparameters"] = {**hyperparameters, "space": spaces[hyperparameters["space"]]}
+        states[event["trial"]] = state
+    elif kind is Event.METRICS:
+        _apply_metrics(event, states)
+    elif kind is Event.START:
+        book.start(event["trial"], event["worker"], stock=event.get("stock", False), now=event["t"])
+    else:
+        status = event["status"]
+        outcome = Phase.QUEUED if status == RETRY else Phase(status)
+        book.end(event["trial"], outcome, now=event["t"], cause=Cause(event.get("cause", "owner")),
+                 message=event.get("message") or "", used=event.get("used"))
+
+
+def _apply_metrics(event: dict, states: dict) -> None:
+    """What one progress report added, as MetricHistory.update adds it (journals written by
+    earlier versions of the chief)."""
+    if event["trial"] not in states:
+        return
+    metrics = states[event["trial"]]["metrics"]["metrics"]
+    for name, value in event["metrics"].items():
+        if name not in metrics:
+            metrics[name] = {"direction": event["directions"][name], "observations": []}
+        observations = metrics[name]["observations"]
+        same_step = [obs for obs in observations if obs["step"] == event["step"]]
+        if same_step:
+            same_step[0]["value"].append(value)
+        else:
+            observations.append({"value": [value], "step": event["step"]})
+            observations.sort(key=lambda obs: obs["step"])
+
+
+def read_project(project_dir: str) -> Replayed:
+    """The journal of a project folder, replayed (empty if there is none)."""
+    path = os.path.join(project_dir, JOURNAL)
+    events, _ = read_lines(path)
+    return replay(events, path)
