@@ -41,11 +41,16 @@ def light_protos():
     return protos
 
 
-def space_oracle(max_trials: int, state_dir: str, kind: str = "random", **kwargs):
-    """The benchmark's oracle: RandomSearch (or Bayesian) on a simple space, max val_accuracy."""
+def space_oracle(max_trials: int, state_dir: str, kind: str = "random", cluster: bool = False, **kwargs):
+    """The benchmark's oracle: RandomSearch (or Bayesian) on a simple space, max val_accuracy;
+    `cluster`: extended as the chief extends it (chief.oracle)."""
     import keras_tuner as kt
 
     cls = kt.oracles.BayesianOptimizationOracle if kind == "bayesian" else kt.oracles.RandomSearchOracle
+    if cluster:
+        from chief.oracle import cluster_class
+
+        cls = cluster_class(cls)
     oracle = cls(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=1, **kwargs)
     oracle._set_project_dir(state_dir, "bench")
     oracle.verbose = 0
@@ -175,8 +180,10 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
 
     progress.configure_logging(sys.stderr)
     server, port = bind("127.0.0.1:0", max_workers=_threads())
-    oracle = space_oracle(max_trials, state_dir)
-    coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog())
+    oracle = space_oracle(max_trials, state_dir, cluster=True)
+    # The simulated workers speak stock KerasTuner's protocol (no identity): served as stock clients.
+    coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog(),
+                              stock_lease_seconds=600)
     coordinator.save_state()
     serve(server, coordinator)
     print(f"READY {port}", flush=True)

@@ -234,19 +234,21 @@ def bayesian_ms_per_trial(checkpoints=(100, 500), window: int = 10) -> dict:
 
     from benchmarks.servers import space_oracle
     from chief.coordinator import Coordinator
+    from chief.trials import Caller
 
     warnings.filterwarnings("ignore")  # the GP's convergence warnings, once per trial
     out = {"ktcluster": {}, "stock": {}}
     for n in checkpoints:
         for kind in ("ktcluster", "stock"):
             with tempfile.TemporaryDirectory() as state:
-                oracle = space_oracle(n + 1, state, kind="bayesian", num_initial_points=n - window)
+                oracle = space_oracle(n + 1, state, kind="bayesian", cluster=kind == "ktcluster",
+                                      num_initial_points=n - window)
                 if kind == "ktcluster":
-                    c = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10)
+                    c, caller = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10), Caller("w", "i")
                     c.register("w", "i")
-                    create = lambda: c.create_trial("w", "i")[0]  # noqa: E731
-                    update = lambda t, m: c.update_trial(t, m, worker="w")  # noqa: E731
-                    end = lambda t: c.end_trial(t, "w", "i")  # noqa: E731
+                    create = lambda: c.create_trial("w", caller)[0]  # noqa: E731
+                    update = lambda t, m: c.update_trial(t, m, 0, caller)  # noqa: E731
+                    end = lambda t: c.end_trial(t, caller)  # noqa: E731
                 else:
                     c = None
                     create, update, end = (lambda: oracle.create_trial("w")), oracle.update_trial, oracle.end_trial
@@ -290,8 +292,9 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
     with tempfile.TemporaryDirectory() as state, open(os.devnull, "w") as devnull:
         root.handlers = []
         progress.configure_logging(devnull)
-        oracle = space_oracle(2 * repeats * trials + 1000, state)
-        coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog())
+        oracle = space_oracle(2 * repeats * trials + 1000, state, cluster=True)
+        coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog(),
+                                  stock_lease_seconds=600)
         servicer = OracleServicer(coordinator)
         gc.freeze()  # as chief.server.serve
         gc.set_threshold(10_000, 20, 20)
