@@ -175,10 +175,11 @@ def serve_ktcluster(max_trials: int, state_dir: str) -> None:
     server and progress logging (per-trial lines and progress, to stderr, which the harness
     discards)."""
     from chief import progress
+    from shared.logs import configure_logging
     from chief.coordinator import Coordinator
     from chief.server import bind, serve
 
-    progress.configure_logging(sys.stderr)
+    configure_logging("chief", sys.stderr)
     server, port = bind("127.0.0.1:0", max_workers=_threads())
     oracle = space_oracle(max_trials, state_dir, cluster=True)
     # The simulated workers speak stock KerasTuner's protocol (no identity): served as stock clients.

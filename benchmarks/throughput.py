@@ -281,6 +281,7 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
 
     from benchmarks.servers import space_oracle
     from chief import progress
+    from shared.logs import configure_logging
     from chief.coordinator import Coordinator
     from chief.server import InProcessContext, OracleServicer
     from keras_tuner.src import protos
@@ -291,7 +292,7 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
     handlers, level = root.handlers[:], root.level
     with tempfile.TemporaryDirectory() as state, open(os.devnull, "w") as devnull:
         root.handlers = []
-        progress.configure_logging(devnull)
+        configure_logging("chief", devnull)
         oracle = space_oracle(2 * repeats * trials + 1000, state, cluster=True)
         coordinator = Coordinator(oracle, lease_seconds=600, heartbeat_seconds=10, on_event=progress.ProgressLog(),
                                   stock_lease_seconds=600)

@@ -225,9 +225,9 @@ def _reap(coordinator, interval: float) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from chief.progress import configure_logging
+    from shared.logs import configure_logging
 
-    configure_logging(sys.stdout)
+    configure_logging("chief", sys.stdout)
     try:
         settings = config_module.load(role="chief" if not argv else "probe")
     except ConfigError as exc:

@@ -14,25 +14,12 @@ from shared import results
 log = logging.getLogger("ktcluster.progress")
 
 
-def configure_logging(stream) -> None:
-    """The chief's log: a line per trial start and end, progress lines, warnings.
-
-    A busy chief logs hundreds of lines a second, under its lock. The logging HOWTO's own
-    optimisations drop what its format never shows: the caller's file and line (a stack walk per
-    record) and the thread and process fields.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s chief %(message)s", stream=stream)
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-
-
 class LineBudget:
-    """A token bucket for the per-trial start and end lines: at most `rate` a second on average,
-    `burst` at once; lines over it are counted (`take_skipped`), and the next progress line says how
-    many. A chief serving hundreds of trials a second spent ~10% of its time on lines nobody can
-    read (benchmarks/RESULTS.md); real trials (seconds to hours) stay far below the budget. Every
-    trial is still in the journal, `python -m chief status` and trials.csv. Not thread-safe: the
-    coordinator calls it under its lock."""
+    """A token bucket for the per-trial start and COMPLETED lines: at most `rate` a second on
+    average, `burst` at once; lines over it are counted (`take_skipped`) and the next progress line
+    says how many (every trial is still in the journal, `python -m chief status` and trials.csv).
+    Failures and retries are always logged, outside the budget. Not thread-safe: the coordinator
+    calls it under its lock."""
 
     def __init__(self, rate: float = 50.0, burst: int = 100, clock=time.monotonic):
         self.rate, self.burst, self._clock = rate, burst, clock
@@ -188,9 +175,7 @@ def line(s: Summary) -> str:
 class ProgressLog:
     """The coordinator's `on_event`: a progress line at most every `interval` seconds, one when
     the search is over, and the latest state `interval` after a skipped event (nothing is left
-    unsaid for long). A line per event cost the chief as much as serving the trial itself at
-    hundreds of trials per second (benchmarks/RESULTS.md). A line the same as the one before is not
-    said again."""
+    unsaid for long). A line the same as the one before is not said again. Thread-safe."""
 
     def __init__(self, interval: float = 1.0):
         self.interval = interval
