@@ -87,6 +87,10 @@ def bench_throughput(args, report):
                 r["x_ceiling"] = {"rate": _ratios(pairs, _rate), "p99": _ratios(pairs, _p99)}
                 print(f"  -> {kind} / ceiling at {workers}: throughput x{_fmt(r['x_ceiling']['rate'], digits=2)}, "
                       f"p99 x{_fmt(r['x_ceiling']['p99'], digits=2)}", flush=True)
+            pairs = list(zip(runs["ktcluster"], runs["stock"]))
+            x = rows[("ktcluster", workers)]["x_stock"] = {"rate": _ratios(pairs, _rate), "cpu_ms": _ratios(pairs, _cpu_ms)}
+            print(f"  -> ktcluster / stock at {workers}: throughput x{_fmt(x['rate'], digits=2)}, server CPU per trial "
+                  f"x{_fmt(x['cpu_ms'], digits=2)}", flush=True)
             if args.baseline:
                 pairs = list(zip(runs["ktcluster"], runs["baseline"]))
                 rows[("ktcluster", workers)]["x_baseline"] = {

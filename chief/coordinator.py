@@ -362,7 +362,7 @@ class Coordinator:
                 with self._lock:
                     waiting = sorted(self.oracle.tuner_ids)
                 left = deadline - time.monotonic()
-                if not waiting or left <= 0 or self.fatal:
+                if not waiting or left <= 0 or self.faults.over():
                     return waiting
                 self._changed.wait(left)
 
