@@ -11,6 +11,7 @@ each setting means; README.md and `.env` mirror it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from typing import Mapping
@@ -26,12 +27,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KERASTUNER_TUNER_ID": ("", "worker id; derived from the Compose replica number when unset"),
     "KTC_PROJECT": ("ktcluster", "project name: folder under the state, log and results dirs"),
     "KTC_TUNER": ("random", "search algorithm: " + ", ".join(TUNERS)),
-    "KTC_MAX_TRIALS": ("10", "number of trials (hyperband: ignored, see KTC_EPOCHS)"),
-    "KTC_EPOCHS": ("2", "epochs per trial (hyperband: max epochs)"),
+    "KTC_MAX_TRIALS": ("10", "number of trials, 1-1000000 (hyperband: ignored, see KTC_EPOCHS)"),
+    "KTC_EPOCHS": ("2", "epochs per trial, 1-100000 (hyperband: max epochs)"),
     "KTC_OBJECTIVE": ("val_accuracy", "metric to optimise, optionally NAME:min or NAME:max"),
     "KTC_DATASET": ("mnist", "mnist, digits, or module:function returning (x, y), (x_val, y_val)"),
     "KTC_MODEL": ("", "module:function build_model(hp); empty = the KerasTuner guide's model"),
-    "KTC_SEED": ("", "random seed of the search algorithm (empty = random)"),
+    "KTC_SEED": ("", "random seed of the search algorithm, 0-4294967295 (empty = random)"),
     "KTC_STATE_DIR": ("./run/state", "oracle state and checkpoints (shared by chief and workers)"),
     "KTC_LOG_DIR": ("./run/logs", "TensorBoard root; the project's runs go in DIR/PROJECT"),
     "KTC_DATA_DIR": ("./run/data", "dataset cache (downloaded once, by the chief)"),
@@ -52,11 +53,41 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+#: `KTC_*` names that may be in a process's environment without being settings of these
+#: processes; any other unknown `KTC_*` name is refused as a probable typo (see `check_names`).
+NOT_PROCESS_SETTINGS: dict[str, str] = {
+    # Read by Docker Compose itself (compose.yaml, .env); a shell that sources .env exports them.
+    "KTC_WORKERS": "compose: number of worker replicas",
+    "KTC_TENSORBOARD_PORT": "compose: host port published for TensorBoard",
+    "KTC_CODE_DIR": "compose: host folder of the user's code, mounted read-only",
+    "KTC_RESULTS_HOST_DIR": "compose: host folder mounted as KTC_RESULTS_DIR",
+    "KTC_BASE_IMAGE": "compose: base image of the ktcluster image build",
+    "KTC_TENSORFLOW": "compose: TensorFlow requirement of the image build",
+    "KTC_IMAGE_TAG": "compose: tag of the ktcluster image",
+    "KTC_COMPOSE_PROJECT": "compose: the Compose project name",
+    # Read by the test suite and CI only; they are exported to the processes tests start.
+    "KTC_E2E_REQUIRED": "tests: Docker must be usable (.ci/run)",
+    "KTC_BROWSER_REQUIRED": "tests: a browser must be usable (.ci/run)",
+    "KTC_UPDATE_SCREENSHOTS": "tests: copy the HParams screenshots to docs/img",
+    "KTC_FAULT_REPORT": "tests: where test_faults.py writes its figures",
+    "KTC_TEST_SLEEP": "tests: seconds per batch of tests/fixtures/models.py's slow model",
+}
+
+
 class ConfigError(ValueError):
     """A setting has a value we cannot run with; `str()` is the one-line message."""
 
     def __init__(self, name: str, value: str, allowed: str):
         super().__init__(f"{name}={value!r} is not valid: {allowed}")
+        self.name = name
+
+
+class UnknownSettingError(ConfigError):
+    """A `KTC_*` variable that is no setting (a typo would otherwise be ignored in silence)."""
+
+    def __init__(self, name: str, closest: str | None):
+        hint = f"did you mean {closest}?" if closest else "the settings are listed in README.md"
+        ValueError.__init__(self, f"{name} is not a setting; {hint}")
         self.name = name
 
 
@@ -119,16 +150,18 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _METRIC = re.compile(r"^[A-Za-z_]\w*$")
 
 
-def _int(env, name, minimum, maximum=None):
+_DIGITS = re.compile(r"^[+-]?[0-9]{1,30}$")  # longer is out of every range (and int() may refuse it)
+MAX_SECONDS = 7 * 24 * 3600.0  # longer waits can only be mistakes (and overflow thread timeouts)
+
+
+def _int(env, name, minimum, maximum):
+    """An integer within [minimum, maximum]: every int setting has an upper bound, so a
+    value that can only be a mistake (or would overflow downstream) is refused here."""
     raw = env[name].strip()
-    allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum else "")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, raw, allowed) from None
-    if value < minimum or (maximum is not None and value > maximum):
+    allowed = f"an integer >= {minimum} and <= {maximum}"
+    if not _DIGITS.match(raw) or not minimum <= int(raw) <= maximum:
         raise ConfigError(name, raw, allowed)
-    return value
+    return int(raw)
 
 
 def _seconds(env, name):
@@ -137,8 +170,8 @@ def _seconds(env, name):
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
-        raise ConfigError(name, raw, "a positive number of seconds")
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigError(name, raw, f"a number of seconds > 0 and <= {MAX_SECONDS:.0f} (7 days)")
     return value
 
 
@@ -184,7 +217,8 @@ def _gpu_map(env):
     allowed = "comma-separated WORKER_ID=GPU_INDEX pairs, e.g. worker-1=0,worker-2=1"
     for pair in filter(None, (p.strip() for p in raw.split(","))):
         worker, sep, index = pair.partition("=")
-        if not sep or not _NAME.match(worker.strip()) or not index.strip().isdigit():
+        index = index.strip()
+        if not sep or not _NAME.match(worker.strip()) or not re.fullmatch(r"[0-9]{1,4}", index):
             raise ConfigError("KTC_GPU_MAP", raw, allowed)
         mapping[worker.strip()] = int(index)
     return mapping
@@ -222,10 +256,27 @@ _WRITES = {
 }
 
 
+def check_names(environ: Mapping[str, str]) -> None:
+    """Raise UnknownSettingError for the first `KTC_*` name (any case) in `environ` that is
+    neither in SETTINGS nor in NOT_PROCESS_SETTINGS, naming the closest setting if any."""
+    known = [name for name in SETTINGS if name.startswith("KTC_")]
+    for name in sorted(environ):
+        if name.upper().startswith("KTC_") and name not in SETTINGS and name not in NOT_PROCESS_SETTINGS:
+            closest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+            raise UnknownSettingError(name, closest[0] if closest else None)
+
+
 def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Settings:
-    """Parse and validate every setting; raise ConfigError naming the first bad one."""
+    """Parse and validate every setting of `environ` (default: os.environ).
+
+    Raises ConfigError naming the first bad one: an unknown `KTC_*` name first
+    (UnknownSettingError), then a bad value. Creates the role's directories only
+    when every other value is good.
+    """
+    environ = os.environ if environ is None else environ
+    check_names(environ)
     env = {name: default for name, (default, _) in SETTINGS.items()}
-    env.update({k: v for k, v in (os.environ if environ is None else environ).items() if k in SETTINGS})
+    env.update({k: v for k, v in environ.items() if k in SETTINGS})
 
     ip = env["KERASTUNER_ORACLE_IP"].strip()
     if not ip or any(c.isspace() for c in ip):
@@ -243,12 +294,12 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         tuner_id=tuner_id,
         project=project,
         tuner=_choice(env, "KTC_TUNER", TUNERS),
-        max_trials=_int(env, "KTC_MAX_TRIALS", 1),
-        epochs=_int(env, "KTC_EPOCHS", 1),
+        max_trials=_int(env, "KTC_MAX_TRIALS", 1, 1_000_000),
+        epochs=_int(env, "KTC_EPOCHS", 1, 100_000),
         objective=_objective(env),
         dataset=_import_path(env, "KTC_DATASET", BUILTIN_DATASETS),
         model=_import_path(env, "KTC_MODEL"),
-        seed=_int({"KTC_SEED": seed}, "KTC_SEED", 0) if seed else None,
+        seed=_int({"KTC_SEED": seed}, "KTC_SEED", 0, 2**32 - 1) if seed else None,
         gpu_map=_gpu_map(env),
         tf_threads=_int(env, "KTC_TF_THREADS", 0, 1024),
         stop_grace_seconds=_seconds(env, "KTC_STOP_GRACE_SECONDS"),
@@ -256,7 +307,7 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         lease_seconds=_seconds(env, "KTC_LEASE_SECONDS"),
         heartbeat_seconds=_seconds(env, "KTC_HEARTBEAT_SECONDS"),
         max_retries=_int(env, "KTC_MAX_RETRIES", 0, 100),
-        max_consecutive_failures=_int(env, "KTC_MAX_CONSECUTIVE_FAILURES", 1),
+        max_consecutive_failures=_int(env, "KTC_MAX_CONSECUTIVE_FAILURES", 1, 1_000_000),
         fsync=_choice(env, "KTC_FSYNC", ("0", "1")) == "1",
         storage_grace_seconds=_seconds(env, "KTC_STORAGE_GRACE_SECONDS"),
         stock_lease_seconds=_stock_lease(env),

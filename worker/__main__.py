@@ -7,7 +7,6 @@ Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from shared import config as config_module
@@ -34,7 +33,7 @@ def main() -> int:
     from shared import data, devices, hypermodels
     from shared.data import DataError
     from shared.loader import ImportFromStringError
-    from worker.client import ChiefUnreachable, DuplicateWorkerId
+    from worker.client import ChiefUnreachable, DuplicateWorkerId, SearchFinished
 
     devices.configure_tensorflow(settings.tf_threads)
     try:
@@ -54,6 +53,9 @@ def main() -> int:
         runner.run(settings, tuner_id, device, dataset, build_model)
     except (ConfigError, ImportFromStringError) as exc:
         return _fail(2, str(exc))
+    except SearchFinished as exc:
+        log.info("%s: %s; exiting", tuner_id, exc)
+        return 0
     except DuplicateWorkerId as exc:
         return _fail(2, f"KERASTUNER_TUNER_ID={tuner_id}: {exc}")
     except ChiefUnreachable as exc:
@@ -69,9 +71,9 @@ def main() -> int:
 
 def _search_finished(settings) -> bool:
     """The chief leaves a marker in the shared state dir when a search is over."""
-    from chief.coordinator import FINISHED_MARKER
+    from shared import layout
 
-    return os.path.exists(os.path.join(settings.project_state_dir, FINISHED_MARKER))
+    return layout.search_finished(settings.project_state_dir)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,22 @@ when told IDLE and never says who it is. This client:
 - registers its worker id with a per-process instance id (a live duplicate is
   refused with DuplicateWorkerId) and sends heartbeats from a thread, so a
   long epoch never looks like a dead worker;
-- sends its id and a failed trial's message as metadata, and learns each
-  trial's attempt number from the chief.
+- sends its id and a failed trial's message as metadata, learns each trial's
+  attempt number from the chief and sends it back on UpdateTrial and EndTrial;
+- learns from heartbeat replies (`attempts`, `finished`) or a FAILED_PRECONDITION
+  answer that an attempt was taken away: `is_lost(trial_id)` turns True, nothing more
+  is sent for it (UpdateTrial raises AttemptLost, EndTrial is skipped);
+- ends the search without waiting on a chief it no longer needs: after a heartbeat
+  said `finished`, or when the chief is unreachable and the finished marker exists
+  (SearchFinished, at once).
+
+Private KerasTuner names used here: `OracleClient._oracle` (the local oracle the stock
+client wraps; we set it the same way so inherited code finds it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +38,7 @@ from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from shared import rpc
+from shared import layout, rpc
 
 log = logging.getLogger("ktcluster.worker")
 service = protos.get_service()
@@ -52,23 +62,76 @@ class DuplicateWorkerId(kt_errors.FatalError):
     pass
 
 
+class SearchFinished(kt_errors.FatalError):
+    """Fatal (ends `search`): the chief is gone and its finished marker says the search is over."""
+
+
+class AttemptLost(RuntimeError):
+    """This worker's attempt at a trial was taken away; nothing more may be written or sent for it.
+
+    A plain error on purpose: KerasTuner ends the trial locally, and `end_trial` then sends nothing."""
+
+
+@dataclasses.dataclass
+class Attempt:
+    """A trial this process runs: its attempt number, when the chief handed it out (monotonic
+    clock), and whether the chief has since said it is no longer ours."""
+    number: int
+    since: float
+    lost: bool = False
+
+
+def _stopped() -> trial_module.Trial:
+    return trial_module.Trial(hyperparameters=None, status=trial_module.TrialStatus.STOPPED)
+
+
 class OracleClient(oracle_client.OracleClient):
     """Drop-in for keras_tuner's OracleClient (a subclass, so Tuner code that checks for it works)."""
 
-    def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float):
+    def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str):
         self._oracle = local_oracle  # for objective & co. only; never asked for trials
         self._channel = grpc.insecure_channel(address, options=RECONNECT)
         self.stub = protos.get_service_grpc().OracleStub(self._channel)
         self.cluster = rpc.ClusterStub(self._channel)
         self.address, self.tuner_id, self.timeout = address, tuner_id, timeout
+        self.project_state_dir = project_state_dir
         self.instance = uuid.uuid4().hex
         self.multi_worker, self.should_report = False, True
-        self.attempts: dict[str, int] = {}
+        self.heartbeat_seconds = 1.0  # the chief's value replaces it at register()
+        self._attempts: dict[str, Attempt] = {}  # trial id -> our running attempt (under _lock)
+        self._lock = threading.Lock()
         self.used: dict[str, list[str]] = {}  # trial id -> hyperparameters its model was built with
         self._idle_pause = IDLE_BACKOFF[0]
         self._stopping = threading.Event()
+        self.finished = threading.Event()  # a heartbeat said the search is over
         self._heartbeats: threading.Thread | None = None
         self._metadata = ((rpc.WORKER_KEY, tuner_id), (rpc.INSTANCE_KEY, self.instance))
+
+    # -- attempts ------------------------------------------------------------------------
+    def attempt_of(self, trial_id: str) -> int | None:
+        """The attempt number this process runs for `trial_id`, None if it runs none."""
+        with self._lock:
+            current = self._attempts.get(trial_id)
+            return current.number if current else None
+
+    def is_lost(self, trial_id: str) -> bool:
+        """True once the chief said our attempt at `trial_id` is no longer ours."""
+        with self._lock:
+            current = self._attempts.get(trial_id)
+            return bool(current and current.lost)
+
+    def _lose(self, trial_id: str, why: str) -> None:
+        with self._lock:
+            current = self._attempts.get(trial_id)
+            if current is None or current.lost:
+                return
+            current.lost = True
+        log.warning("%s: trial %s attempt %d is no longer ours (%s): stopping it, sending nothing more for it",
+                    self.tuner_id, trial_id, current.number, why)
+
+    def _attempt_metadata(self, trial_id: str) -> tuple:
+        number = self.attempt_of(trial_id)
+        return ((rpc.ATTEMPT_KEY, str(number)),) if number is not None else ()
 
     @property
     def objective(self):
@@ -84,8 +147,9 @@ class OracleClient(oracle_client.OracleClient):
         pause = RETRY_BACKOFF[0]
         while True:
             left = deadline - time.monotonic()
-            try:
-                return method.with_call(request, wait_for_ready=True, timeout=max(left, 0.001),
+            try:  # not wait_for_ready: a chief that is down answers UNAVAILABLE at once, so the
+                # finished marker is looked at between tries (the pause below ends on connection)
+                return method.with_call(request, timeout=max(left, 0.001),
                                         metadata=self._metadata + tuple(metadata))
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -94,12 +158,18 @@ class OracleClient(oracle_client.OracleClient):
                 retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not retryable or self._stopping.is_set():
                     raise
+                if layout.search_finished(self.project_state_dir):
+                    raise SearchFinished(f"chief at {self.address} unreachable ({code.name}) and the "
+                                         "search is marked finished") from None
                 if deadline - time.monotonic() <= pause:
                     raise ChiefUnreachable(
                         f"chief at {self.address} unreachable for {self.timeout:.0f}s "
                         "(KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started") from None
                 log.warning("%s: chief unreachable (%s), retrying", self.tuner_id, code.name)
-                self._stopping.wait(pause)
+                try:
+                    grpc.channel_ready_future(self._channel).result(timeout=pause)
+                except grpc.FutureTimeoutError:
+                    pass
                 pause = min(pause * 2, RETRY_BACKOFF[1])
 
     # -- ktcluster's service ------------------------------------------------------------
@@ -126,13 +196,46 @@ class OracleClient(oracle_client.OracleClient):
     def _beat(self):
         request = {"worker": self.tuner_id, "instance": self.instance}
         while not self._stopping.wait(self.heartbeat_seconds):
+            sent = time.monotonic()
             try:
                 reply, _ = self.cluster.Heartbeat.with_call(request, timeout=self.heartbeat_seconds)
+            except grpc.RpcError as exc:  # an outage: the main thread's calls decide when to give up
+                log.debug("heartbeat failed: %s", exc.code())
+                if layout.search_finished(self.project_state_dir):
+                    self._search_over("the chief is unreachable and the search is marked finished")
+                continue
+            try:
+                self._heard(reply, sent)
                 if not reply.get("ok"):  # the chief restarted, or our lease lapsed: claim the id again
                     self.cluster.Register.with_call({**request, "info": "re-register"},
                                                     timeout=self.heartbeat_seconds)
-            except grpc.RpcError as exc:  # an outage: the main thread's calls decide when to give up
-                log.debug("heartbeat failed: %s", exc.code())
+            except grpc.RpcError as exc:
+                log.debug("re-register failed: %s", exc.code())
+
+    def _heard(self, reply: dict, sent: float) -> None:
+        """Apply a heartbeat reply sent at `sent`: attempts missing from (or different in) its
+        `attempts` are lost, unless handed out after the heartbeat left (the chief could not
+        have listed them). An `ok: False` reply (re-register first) or one without `attempts`
+        (an older chief) decides nothing about attempts."""
+        if reply.get("finished"):
+            self._search_over("the chief says the search is over")
+        owned = reply.get("attempts")
+        if not reply.get("ok") or not isinstance(owned, dict):
+            return
+        with self._lock:
+            mine = [(tid, a.number) for tid, a in self._attempts.items() if a.since < sent and not a.lost]
+        for trial_id, number in mine:
+            if str(owned.get(trial_id)) != str(number):
+                self._lose(trial_id, f"the chief's heartbeat lists attempt {owned.get(trial_id)}")
+
+    def _search_over(self, why: str) -> None:
+        if not self.finished.is_set():
+            log.info("%s: %s", self.tuner_id, why)
+        self.finished.set()
+        with self._lock:
+            running = list(self._attempts)
+        for trial_id in running:
+            self._lose(trial_id, "the search is over")
 
     # -- KerasTuner's Oracle protocol ----------------------------------------------------
     def get_space(self):
@@ -143,29 +246,67 @@ class OracleClient(oracle_client.OracleClient):
         self._call(self.stub.UpdateSpace, service.UpdateSpaceRequest(hyperparameters=hyperparameters.to_proto()))
 
     def create_trial(self, tuner_id):
-        response, call = self._call(self.stub.CreateTrial, service.CreateTrialRequest(tuner_id=tuner_id))
+        """The next trial. After the search was said to be over: one quick try (so the chief
+        hears us), and STOPPED if the chief no longer answers."""
+        request = service.CreateTrialRequest(tuner_id=tuner_id)
+        if self.finished.is_set():
+            try:
+                response, call = self.stub.CreateTrial.with_call(
+                    request, timeout=self.heartbeat_seconds, metadata=self._metadata)
+            except grpc.RpcError:
+                return _stopped()
+        else:
+            response, call = self._call(self.stub.CreateTrial, request)
         trial = trial_module.Trial.from_proto(response.trial)
+        if trial.status == trial_module.TrialStatus.IDLE and self.finished.is_set():
+            return _stopped()  # nothing left to wait for
         trailing = dict(call.trailing_metadata() or ())
         if trial.status == trial_module.TrialStatus.RUNNING:
-            self.attempts[trial.trial_id] = int(trailing.get(rpc.ATTEMPT_KEY, 1) or 1)
+            with self._lock:
+                self._attempts[trial.trial_id] = Attempt(int(trailing.get(rpc.ATTEMPT_KEY, 1) or 1), time.monotonic())
         if trial.status == trial_module.TrialStatus.IDLE:  # others' trials must finish first
-            self._stopping.wait(self._idle_pause)
+            self.finished.wait(self._idle_pause)  # a heartbeat saying `finished` ends the pause
             self._idle_pause = min(self._idle_pause * 2, IDLE_BACKOFF[1])
         else:
             self._idle_pause = IDLE_BACKOFF[0]
         return trial
 
     def update_trial(self, trial_id, metrics, step=0):
+        """Report a result. Raises AttemptLost (sending nothing) for a lost attempt, and when the
+        chief answers FAILED_PRECONDITION (we are not the current owner of the current attempt)."""
+        if self.is_lost(trial_id):
+            raise AttemptLost(f"trial {trial_id}: attempt {self.attempt_of(trial_id)} was taken away")
         request = service.UpdateTrialRequest(trial_id=trial_id, metrics=metrics, step=step)
-        response, _ = self._call(self.stub.UpdateTrial, request)
+        try:
+            response, _ = self._call(self.stub.UpdateTrial, request, self._attempt_metadata(trial_id))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            self._lose(trial_id, f"UpdateTrial refused: {exc.details()}")
+            raise AttemptLost(f"trial {trial_id}: {exc.details()}") from None
         return trial_module.Trial.from_proto(response.trial)
 
     def end_trial(self, trial):
-        message = (trial.message or "").encode("utf-8")[-16000:]
-        metadata = ((rpc.USED_KEY, json.dumps(self.used.pop(trial.trial_id, []))),)
-        if message:
-            metadata += ((rpc.MESSAGE_KEY, message),)
-        self._call(self.stub.EndTrial, service.EndTrialRequest(trial=trial.to_proto()), metadata=metadata)
+        """Report the end of our attempt; sends nothing for a lost one. FAILED_PRECONDITION
+        (the attempt is no longer ours) marks it lost and returns: it is no failure of ours."""
+        trial_id = trial.trial_id
+        used = self.used.pop(trial_id, [])
+        try:
+            if self.is_lost(trial_id):
+                return
+            message = (trial.message or "").encode("utf-8")[-16000:]
+            metadata = ((rpc.USED_KEY, json.dumps(used)),) + self._attempt_metadata(trial_id)
+            if message:
+                metadata += ((rpc.MESSAGE_KEY, message),)
+            try:
+                self._call(self.stub.EndTrial, service.EndTrialRequest(trial=trial.to_proto()), metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                self._lose(trial_id, f"EndTrial refused: {exc.details()}")
+        finally:
+            with self._lock:
+                self._attempts.pop(trial_id, None)
 
     def get_trial(self, trial_id):
         response, _ = self._call(self.stub.GetTrial, service.GetTrialRequest(trial_id=trial_id))

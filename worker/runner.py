@@ -1,4 +1,16 @@
-"""Ask -> train -> report, using KerasTuner's own Tuner for the training part."""
+"""Ask -> train -> report, using KerasTuner's own Tuner for the training part.
+
+Each attempt writes its checkpoint and build config into its own folder
+(`shared.layout.attempt_dir`), so an attempt that was taken away can never overwrite the files
+of the attempt the chief accepts; a lost attempt stops at its next batch (worker.guard) and
+sends nothing more (worker.client).
+
+Private KerasTuner names used here, each overridden through a subclass:
+- `Tuner._build_hypermodel`: to record which hyperparameters a build asked for;
+- `Tuner._configure_tensorboard_dir`: one TensorBoard run per attempt, with ktcluster's HParams;
+- `Tuner._get_checkpoint_fname`, `Tuner._get_build_config_fname`: the per-attempt folders;
+- `OracleClient._oracle` (read): the local oracle KerasTuner built, for our client to wrap.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +20,12 @@ import os
 
 import keras
 import keras_tuner as kt
+import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2
 
-from shared import hparams, tuning
-from worker.client import OracleClient
+from shared import hparams, layout, tuning
+from worker.client import AttemptLost, OracleClient
+from worker.guard import AttemptGuard
 
 log = logging.getLogger("ktcluster.worker")
 
@@ -71,11 +85,47 @@ class ClusterTuner(kt.Tuner):
         )
         # Replace the stock client (hour-long waits, no identity, no IDLE backoff) with ours.
         self.oracle = OracleClient(self.oracle._oracle, settings.oracle_address, tuner_id,
-                                   settings.chief_timeout_seconds)
+                                   settings.chief_timeout_seconds, settings.project_state_dir)
         self.settings, self.device = settings, device
         self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
         self._used: set[str] = set()  # hyperparameters the current trial's build asked for
         self._gradients_before: set[str] = set()
+
+    def _attempt_file(self, trial_id: str, name: str) -> str:
+        """`name` in our running attempt's folder (created here); for any other trial (Hyperband
+        warm starts from a finished one): in its accepted attempt's folder, or where projects
+        written before per-attempt folders have it."""
+        state = self.settings.project_state_dir
+        attempt = self.oracle.attempt_of(trial_id)
+        if attempt is None:
+            attempt = layout.accepted_attempt(state, trial_id)
+            if attempt is None:
+                return os.path.join(layout.trial_dir(state, trial_id), name)
+            return os.path.join(layout.attempt_dir(state, trial_id, attempt), name)
+        folder = layout.attempt_dir(state, trial_id, attempt)
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, name)
+
+    def _get_checkpoint_fname(self, trial_id):
+        return self._attempt_file(trial_id, layout.CHECKPOINT)
+
+    def _get_build_config_fname(self, trial_id):
+        return self._attempt_file(trial_id, layout.BUILD_CONFIG)
+
+    def run_trial(self, trial, *fit_args, **fit_kwargs):
+        """KerasTuner's run_trial with AttemptGuard ahead of its checkpoint callback."""
+        guard = AttemptGuard(trial.trial_id, self.oracle.is_lost, AttemptLost,
+                             self._get_checkpoint_fname(trial.trial_id))
+        fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", []), guard]
+        return super().run_trial(trial, *fit_args, **fit_kwargs)
+
+    def save(self):
+        """The worker's own tuner file (`<project>/<tuner id>.json`, KerasTuner's): a failed
+        write (a full disk) is logged, not fatal: nothing reads it back but a restarted worker."""
+        try:
+            super().save()
+        except (OSError, tf.errors.OpError) as exc:
+            log.warning("%s: could not save the tuner's state file: %s", self.tuner_id, exc)
 
     def _build_hypermodel(self, hp):
         with tuning.recording_used(hp) as used:
@@ -86,7 +136,7 @@ class ClusterTuner(kt.Tuner):
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         """Point TensorBoard at this attempt's own run and add ktcluster's HParams record."""
-        attempt = self.oracle.attempts.get(trial.trial_id, 1)
+        attempt = self.oracle.attempt_of(trial.trial_id) or 1
         for callback in list(callbacks):
             if isinstance(callback, keras.callbacks.TensorBoard):
                 log_dir = attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
@@ -99,16 +149,21 @@ class ClusterTuner(kt.Tuner):
         self._used = set()
         self._gradients_before = gradient_names()
         log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
-                 self.oracle.attempts.get(trial.trial_id, 1), trial.hyperparameters.values)
+                 self.oracle.attempt_of(trial.trial_id) or 1, trial.hyperparameters.values)
         super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
-        failed = trial.status != kt.engine.trial.TrialStatus.COMPLETED
+        """Close the attempt's TensorBoard run and report the end; a lost attempt reports
+        nothing (the client sends no EndTrial for it) and its run ends as a failure."""
+        lost = self.oracle.is_lost(trial.trial_id)
+        failed = lost or trial.status != kt.engine.trial.TrialStatus.COMPLETED
         for recorder in self._recorders.pop(trial.trial_id, []):
             recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
-                         trial.message if failed else "")
+                         "attempt taken away" if lost else trial.message if failed else "")
         self.oracle.used[trial.trial_id] = sorted(self._used)
-        if failed:
+        if lost:
+            pass  # the client logged it once, when it learnt it
+        elif failed:
             last = (trial.message or "").strip().splitlines()[-1:] or ["no message"]
             log.warning("%s: trial %s failed: %s", self.tuner_id, trial.trial_id, last[0])
         else:

@@ -43,6 +43,11 @@ BAD = [
     ("KTC_DATASET", "imagenet"), ("KTC_DATASET", "module_without_function"), ("KTC_MODEL", "not a path"),
     ("KTC_SEED", "x"), ("KTC_GPU_MAP", "worker-1:0"), ("KTC_TF_THREADS", "-2"),
     ("KTC_STOP_GRACE_SECONDS", "0"), ("KTC_CHIEF_TIMEOUT_SECONDS", "nan"),
+    # values that can only be mistakes, or would overflow further down
+    ("KTC_EPOCHS", "99999999999999999999"), ("KTC_EPOCHS", "100001"), ("KTC_MAX_TRIALS", "1000001"),
+    ("KTC_SEED", str(2**32)), ("KTC_SEED", "-1"), ("KTC_MAX_CONSECUTIVE_FAILURES", "9" * 30),
+    ("KTC_MAX_TRIALS", "9" * 5000), ("KTC_GPU_MAP", "worker-1=\u00b2"), ("KTC_GPU_MAP", "worker-1=99999999999"),
+    ("KTC_LEASE_SECONDS", "1e300"), ("KTC_HEARTBEAT_SECONDS", "1e300"),
 ]
 
 
@@ -53,6 +58,65 @@ def test_bad_values_name_the_setting(tmp_path, name, value):
     assert err.value.name == name
     assert str(err.value).startswith(f"{name}={value!r} is not valid: ")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,value,allowed", [
+    ("KTC_EPOCHS", "99999999999999999999", "an integer >= 1 and <= 100000"),
+    ("KTC_MAX_TRIALS", "1000001", "an integer >= 1 and <= 1000000"),
+    ("KTC_SEED", "4294967296", "an integer >= 0 and <= 4294967295"),
+    ("KTC_CHIEF_TIMEOUT_SECONDS", "1e300", "a number of seconds > 0 and <= 604800 (7 days)"),
+])
+def test_upper_bounds_name_the_range(tmp_path, name, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        config.load(env(tmp_path, **{name: value}), role="worker")
+    assert str(err.value) == f"{name}={value!r} is not valid: {allowed}"
+
+
+def test_largest_allowed_values_load(tmp_path):
+    s = config.load(env(tmp_path, KTC_EPOCHS="100000", KTC_MAX_TRIALS="1000000", KTC_SEED="4294967295"))
+    assert (s.epochs, s.max_trials, s.seed) == (100000, 1000000, 4294967295)
+
+
+@pytest.mark.parametrize("name,closest", [
+    ("KTC_MAX_TRAILS", "KTC_MAX_TRIALS"), ("KTC_EPOCH", "KTC_EPOCHS"), ("ktc_epochs", "KTC_EPOCHS"),
+    ("KTC_HEARTBEAT_SECOND", "KTC_HEARTBEAT_SECONDS"), ("KTC_SEEDS", "KTC_SEED"),
+])
+def test_unknown_setting_names_the_closest(tmp_path, name, closest):
+    with pytest.raises(ConfigError) as err:
+        config.load(env(tmp_path, **{name: "3"}), role="chief")
+    assert str(err.value) == f"{name} is not a setting; did you mean {closest}?"
+    assert err.value.name == name
+    assert list(tmp_path.iterdir()) == []  # refused before any directory is made
+
+
+def test_unknown_setting_without_a_close_one(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        config.load(env(tmp_path, KTC_ZZZZZZZZZZZZ="1"))
+    assert str(err.value) == "KTC_ZZZZZZZZZZZZ is not a setting; the settings are listed in README.md"
+
+
+def test_compose_and_test_variables_are_allowed(tmp_path):
+    extra = {name: "1" for name in config.NOT_PROCESS_SETTINGS}
+    config.load(env(tmp_path, **extra, OTHER_VARIABLE="x", KERASTUNER_SOMETHING="y"))
+    assert not set(config.NOT_PROCESS_SETTINGS) & set(config.SETTINGS)
+
+
+def test_every_ktc_name_in_the_repository_is_a_setting_or_allowed():
+    """A name used in compose.yaml, .env, CI or tests that is not in the allow-list would stop
+    every process that inherits it."""
+    import re
+    import subprocess as sp
+
+    files = sp.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    names = set()
+    for path in files:
+        try:
+            names |= set(re.findall(r"\bKTC_[A-Z0-9_]*[A-Z0-9]\b", open(os.path.join(ROOT, path)).read()))
+        except (UnicodeDecodeError, IsADirectoryError, FileNotFoundError):
+            continue
+    names -= {"KTC_MAX_TRAILS", "KTC_EPOCH", "KTC_HEARTBEAT_SECOND", "KTC_SEEDS", "KTC_ZZZZZZZZZZZZ"}  # typos above
+    unknown = sorted(n for n in names if n not in config.SETTINGS and n not in config.NOT_PROCESS_SETTINGS)
+    assert unknown == []
 
 
 def test_bad_value_creates_no_directories(tmp_path):
@@ -87,5 +151,15 @@ def test_cli_bad_setting_exits_2_with_one_line_before_tensorflow(tmp_path, role)
                           env={**os.environ, **env(tmp_path), "KTC_MAX_TRIALS": "lots"})
     assert proc.returncode == 2
     message, flag = proc.stderr.rsplit("TF=", 1)
-    assert message.strip().splitlines() == [f"ktcluster {role}: KTC_MAX_TRIALS='lots' is not valid: an integer >= 1"]
+    assert message.strip().splitlines() == [
+        f"ktcluster {role}: KTC_MAX_TRIALS='lots' is not valid: an integer >= 1 and <= 1000000"]
     assert flag == "False"
+
+
+@pytest.mark.parametrize("role", ["chief", "worker"])
+def test_cli_unknown_setting_exits_2_with_one_line(tmp_path, role):
+    proc = subprocess.run([sys.executable, "-m", role], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env(tmp_path), "KTC_MAX_TRAILS": "3"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1:] == [
+        f"ktcluster {role}: KTC_MAX_TRAILS is not a setting; did you mean KTC_MAX_TRIALS?"]
