@@ -154,7 +154,7 @@ def run(settings) -> int:
         return _fail(1, f"writing the state or results files failed ({exc}); the journal holds every result: "
                         "free space, then start the chief again to write them")
     if snap.best is not None:
-        _save_best_model(snap.best, oracle, build_model, settings.project_results_dir)
+        _save_best_model(snap.best, snap.runs[snap.best.trial_id].accepted, build_model, settings)
     _give_results_away(settings)
     if snap.fatal:
         return _fail(1, f"search stopped: {snap.fatal}")
@@ -182,21 +182,23 @@ def _write_hparams_config(settings, oracle, metrics) -> None:
     log.info("HParams config: %d hyperparameters, metrics %s (%s)", len(oracle.get_space().space), metrics, path)
 
 
-def _save_best_model(best, oracle, build_model, results_dir) -> None:
-    """The best trial's checkpoint as a standard `.keras` file (load with keras.models.load_model)."""
+def _save_best_model(best, attempt, build_model, settings) -> None:
+    """The checkpoint of the best trial's accepted `attempt` as a standard `.keras` file (load
+    with keras.models.load_model)."""
     import json
 
-    trial_dir = os.path.dirname(oracle.trial_file(best.trial_id))
-    checkpoint = os.path.join(trial_dir, "checkpoint.weights.h5")
-    if not os.path.exists(checkpoint):
-        log.warning("best trial %s has no checkpoint (%s): best_model.keras not written", best.trial_id, checkpoint)
+    from shared import layout
+
+    checkpoint = layout.find_checkpoint(settings.project_state_dir, best.trial_id, attempt)
+    if checkpoint is None:
+        log.warning("best trial %s (attempt %s) has no checkpoint: best_model.keras not written", best.trial_id, attempt)
         return
     model = build_model(best.hyperparameters.copy())
-    build_config = os.path.join(trial_dir, "build_config.json")
-    if not model.built and os.path.exists(build_config):
+    build_config = layout.find_build_config(settings.project_state_dir, best.trial_id, attempt)
+    if not model.built and build_config:
         model.build_from_config(json.load(open(build_config)))
     model.load_weights(checkpoint)
-    path = os.path.join(results_dir, "best_model.keras")
+    path = os.path.join(settings.project_results_dir, "best_model.keras")
     model.save(path)
     log.info("best model (trial %s) saved to %s", best.trial_id, path)
 

@@ -21,7 +21,9 @@ def _fail(code: int, message: str) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from shared.logs import configure_logging
+
+    configure_logging("worker", sys.stdout)
     try:
         settings = config_module.load(role="worker")
         from shared.identity import replica_of, worker_id
