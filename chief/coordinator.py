@@ -227,11 +227,13 @@ class Coordinator:
         self._refuse_stock(caller)
         with self._locked() as oracle:
             self._admit(caller, tuner_id)
-            if self.fatal:
-                return trial_module.Trial(oracle.get_space(), status=STOPPED), 0
-            resumed = tuner_id in oracle.ongoing_trials
-            trial = oracle.create_trial(tuner_id)
-            if trial.status == STOPPED and self._retry_possible_elsewhere(tuner_id):
+            if self.fatal:  # the search stopped: nothing more is handed out
+                oracle.tuner_ids.discard(tuner_id)
+                trial, resumed = trial_module.Trial(oracle.get_space(), status=STOPPED), False
+            else:
+                resumed = tuner_id in oracle.ongoing_trials
+                trial = oracle.create_trial(tuner_id)
+            if trial.status == STOPPED and not self.fatal and self._retry_possible_elsewhere(tuner_id):
                 # Stock says STOPPED once the budget is handed out, but a trial still running on
                 # another worker may yet fail (or lose its lease) and come back for a retry:
                 # this worker waits (IDLE) instead of leaving that retry with nobody to run it.
