@@ -28,7 +28,10 @@ def health(settings) -> int:
     from chief.server import wait_ready
 
     address = f"{'127.0.0.1' if settings.oracle_ip in ('0.0.0.0', '::') else settings.oracle_ip}:{settings.oracle_port}"
-    return 0 if wait_ready(address, timeout=3) else 1
+    try:
+        return 0 if wait_ready(address, timeout=3, tls_dir=settings.tls_dir) else 1
+    except ConfigError as exc:  # an unusable KTC_TLS_DIR
+        return _fail(2, str(exc))
 
 
 def status(settings) -> int:
@@ -92,10 +95,12 @@ def run(settings) -> int:
     from chief.server import PortInUse, bind
 
     try:  # bind first: a second chief or a busy port fails before any slow work
-        server, port = bind(settings.oracle_address)
+        server, port = bind(settings.oracle_address, tls_dir=settings.tls_dir)
     except PortInUse:
         return _fail(2, f"KERASTUNER_ORACLE_PORT={settings.oracle_port}: {settings.oracle_address} is already "
                         "in use (another chief?); only one chief may serve a port")
+    except ConfigError as exc:  # an unusable KTC_TLS_DIR
+        return _fail(2, str(exc))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         dataset, build_model, oracle, space, metrics = _prepare(settings)

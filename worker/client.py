@@ -38,7 +38,7 @@ from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from shared import layout, rpc
+from shared import layout, rpc, tls
 
 log = logging.getLogger("ktcluster.worker")
 service = protos.get_service()
@@ -88,9 +88,10 @@ def _stopped() -> trial_module.Trial:
 class OracleClient(oracle_client.OracleClient):
     """Drop-in for keras_tuner's OracleClient (a subclass, so Tuner code that checks for it works)."""
 
-    def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str):
+    def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str,
+                 tls_dir: str = ""):
         self._oracle = local_oracle  # for objective & co. only; never asked for trials
-        self._channel = grpc.insecure_channel(address, options=RECONNECT)
+        self._channel = tls.channel(address, tls_dir, options=RECONNECT)  # TLSError if KTC_TLS_DIR is unusable
         self.stub = protos.get_service_grpc().OracleStub(self._channel)
         self.cluster = rpc.ClusterStub(self._channel)
         self.address, self.tuner_id, self.timeout = address, tuner_id, timeout

@@ -85,7 +85,8 @@ class ClusterTuner(kt.Tuner):
         )
         # Replace the stock client (hour-long waits, no identity, no IDLE backoff) with ours.
         self.oracle = OracleClient(self.oracle._oracle, settings.oracle_address, tuner_id,
-                                   settings.chief_timeout_seconds, settings.project_state_dir)
+                                   settings.chief_timeout_seconds, settings.project_state_dir,
+                                   tls_dir=settings.tls_dir)
         self.settings, self.device = settings, device
         self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
         self._used: set[str] = set()  # hyperparameters the current trial's build asked for

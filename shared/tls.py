@@ -1,0 +1,238 @@
+"""Mutual TLS on the oracle: the files, their checks, and the gRPC credentials built from them.
+
+KTC_TLS_DIR names a folder of PEM files (empty: plaintext, as before):
+
+    ca.pem      the cluster's own certificate authority (it signs the two below, nothing else)
+    chief.pem   the chief's certificate (name `ktcluster-chief`), chief.key its private key
+    worker.pem  the workers' certificate, worker.key its private key (all workers share it)
+
+The chief needs ca.pem, chief.pem and chief.key; a worker needs ca.pem, worker.pem and
+worker.key. With the folder set, the chief serves TLS only and refuses any client whose
+certificate is not signed by ca.pem (no certificate, another CA's, a plaintext channel, a stock
+KerasTuner client). `python -m chief health` presents the chief's own certificate.
+
+Names: the chief's certificate names `ktcluster-chief` only, and clients check that name
+(`grpc.ssl_target_name_override`) whatever host they dial (`chief` in Compose, `tasks.chief` on
+Swarm, a Service's DNS name or an IP on Kubernetes). The CA is private to one cluster and signs
+only these certificates, so "signed by this CA and named ktcluster-chief" identifies the chief
+without a certificate per deployment name; the chain and the name are still verified.
+
+`python -m shared.tls make DIR` writes a new set (ECDSA P-256 keys, mode 0600; CA valid 10
+years, leaves 2), never overwriting; `python -m shared.tls check DIR` validates a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+from shared.config import ConfigError
+
+SETTING = "KTC_TLS_DIR"
+CHIEF_NAME = "ktcluster-chief"  # the one name in the chief's certificate; clients check it
+WORKER_NAME = "ktcluster-worker"
+CA, CHIEF_CERT, CHIEF_KEY, WORKER_CERT, WORKER_KEY = "ca.pem", "chief.pem", "chief.key", "worker.pem", "worker.key"
+ROLE_FILES = {"chief": (CHIEF_CERT, CHIEF_KEY), "worker": (WORKER_CERT, WORKER_KEY)}
+CA_DAYS, LEAF_DAYS = 3650, 730
+
+
+class TLSError(ConfigError):
+    """A TLS folder that cannot be used; the message is one line naming the setting (KTC_TLS_DIR
+    unless told), the folder and what is wrong with which file."""
+
+    def __init__(self, value: str, problem: str, name: str = SETTING):
+        super().__init__(name, value, problem)
+
+
+@dataclass(frozen=True)
+class Material:
+    """One role's PEM bytes, checked: `cert` is signed by `ca`, valid now, and matches `key`."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def load(tls_dir: str, role: str) -> Material:
+    """Read and check `role`'s files ("chief" or "worker") in `tls_dir`; raise TLSError."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    cert_name, key_name = ROLE_FILES[role]
+
+    def fail(what: str) -> TLSError:
+        return TLSError(tls_dir, f"{what} (make a set with: python -m shared.tls make DIR)")
+
+    if not os.path.isdir(tls_dir):
+        raise fail("no such folder")
+    raw = {}
+    for name in (CA, cert_name, key_name):
+        try:
+            with open(os.path.join(tls_dir, name), "rb") as f:
+                raw[name] = f.read()
+        except FileNotFoundError:
+            raise fail(f"{name} is missing") from None
+        except OSError as exc:
+            raise fail(f"{name} cannot be read ({exc.strerror})") from None
+    certs = {}
+    for name in (CA, cert_name):
+        try:
+            certs[name] = x509.load_pem_x509_certificate(raw[name])
+        except ValueError:
+            raise fail(f"{name} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(raw[key_name], password=None)
+    except (ValueError, TypeError):
+        raise fail(f"{key_name} is not an unencrypted PEM private key") from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for name, cert in certs.items():
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise fail(f"{name} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                       f"{cert.not_valid_after_utc:%Y-%m-%d})")
+    try:
+        certs[cert_name].verify_directly_issued_by(certs[CA])
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise fail(f"{cert_name} is not signed by {CA} ({type(exc).__name__})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.PEM, public)
+            != certs[cert_name].public_key().public_bytes(serialization.Encoding.PEM, public)):
+        raise fail(f"{key_name} is not the key of {cert_name}")
+    if role == "chief" and CHIEF_NAME not in _dns_names(certs[cert_name]):
+        raise fail(f"{cert_name} does not name {CHIEF_NAME} (its subject alternative names)")
+    return Material(ca=raw[CA], cert=raw[cert_name], key=raw[key_name])
+
+
+def _dns_names(cert) -> list[str]:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def server_credentials(tls_dir: str):
+    """The chief's gRPC server credentials requiring a client certificate signed by ca.pem;
+    None when `tls_dir` is "" (plaintext). Raises TLSError."""
+    if not tls_dir:
+        return None
+    import grpc
+
+    material = load(tls_dir, "chief")
+    return grpc.ssl_server_credentials([(material.key, material.cert)], root_certificates=material.ca,
+                                       require_client_auth=True)
+
+
+def channel(address: str, tls_dir: str, role: str = "worker", options=()):
+    """A gRPC channel to the chief at `address`: plaintext when `tls_dir` is "", else TLS that
+    presents `role`'s certificate and accepts only a server certificate signed by ca.pem and
+    named CHIEF_NAME, whatever host `address` names. Raises TLSError."""
+    import grpc
+
+    if not tls_dir:
+        return grpc.insecure_channel(address, options=list(options))
+    material = load(tls_dir, role)
+    credentials = grpc.ssl_channel_credentials(root_certificates=material.ca, private_key=material.key,
+                                               certificate_chain=material.cert)
+    return grpc.secure_channel(address, credentials,
+                               options=[*options, ("grpc.ssl_target_name_override", CHIEF_NAME)])
+
+
+def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
+    """Write a new CA, chief and worker set into `folder` (created if needed; keys mode 0600).
+    Refuses (TLSError) if any of the files exists: a new CA would orphan the old certificates.
+    Returns the paths written."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    names = (CA, CHIEF_CERT, CHIEF_KEY, WORKER_CERT, WORKER_KEY)
+    existing = [n for n in names if os.path.exists(os.path.join(folder, n))]
+    if existing:
+        raise TLSError(folder, f"{', '.join(existing)} already there; refusing to overwrite (remove them or "
+                               "choose another folder)", name="DIR")
+    os.makedirs(folder, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = now - datetime.timedelta(minutes=5)  # tolerate clocks slightly behind
+
+    def cert(subject, key, issuer, issuer_key, days, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(now + datetime.timedelta(days=days)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktcluster CA")])
+    ca_cert = cert(ca_name, ca_key, ca_name, ca_key, CA_DAYS, [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                       encipher_only=False, decipher_only=False), True),
+        (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)])
+
+    def leaf(name, usages):
+        key = ec.generate_private_key(ec.SECP256R1())
+        return key, cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key, ca_name, ca_key, days, [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                           encipher_only=False, decipher_only=False), True),
+            (x509.ExtendedKeyUsage(usages), False),
+            (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)])
+
+    # The chief's certificate also authenticates it as a client: its own health check.
+    chief_key, chief_cert = leaf(CHIEF_NAME, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    worker_key, worker_cert = leaf(WORKER_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH])
+
+    def pem_key(key):
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    contents = {CA: ca_cert.public_bytes(serialization.Encoding.PEM),
+                CHIEF_CERT: chief_cert.public_bytes(serialization.Encoding.PEM), CHIEF_KEY: pem_key(chief_key),
+                WORKER_CERT: worker_cert.public_bytes(serialization.Encoding.PEM), WORKER_KEY: pem_key(worker_key)}
+    written = []
+    for name in names:  # the CA's key is never written: a new worker set means a new `make`
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if name.endswith(".key") else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(contents[name])
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.tls", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make_cmd = commands.add_parser("make", help="write ca.pem, chief.pem/.key and worker.pem/.key into DIR")
+    make_cmd.add_argument("dir")
+    make_cmd.add_argument("--days", type=int, default=LEAF_DAYS, help=f"leaf validity (default {LEAF_DAYS})")
+    check_cmd = commands.add_parser("check", help="check DIR as KTC_TLS_DIR for the chief and the workers")
+    check_cmd.add_argument("dir")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "make":
+            if not 1 <= args.days <= CA_DAYS:
+                raise TLSError(str(args.days), f"must be 1 to {CA_DAYS}", name="--days")
+            for path in make(args.dir, args.days):
+                print(path)
+        else:
+            for role in ROLE_FILES:
+                load(args.dir, role)
+            print(f"{args.dir}: usable by the chief and the workers")
+    except TLSError as exc:
+        print(f"ktcluster tls: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
