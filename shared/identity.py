@@ -14,7 +14,7 @@ import os
 import re
 import socket
 
-from shared.config import validate_tuner_id
+from shared.config import ConfigError, validate_tuner_id
 
 DOCKER_DNS = "127.0.0.11"
 _REPLICA_NAME = re.compile(r"^(?P<service>.+)-(?P<number>\d+)$")
@@ -56,12 +56,28 @@ def worker_id(explicit: str, lookup=_compose_ptr_name, pid: int | None = None) -
     """
     if explicit:
         return validate_tuner_id(explicit)
+    if (number := kubernetes_replica()) is not None:
+        return validate_tuner_id(f"worker-{number}")
     name = lookup()
     number = replica_number(name) if name else None
     if number is not None:
         return validate_tuner_id(f"worker-{number}")
     host = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-")[:24] or "host"
     return validate_tuner_id(f"worker-{host}-{pid or os.getpid()}", name="derived worker id")
+
+
+def kubernetes_replica(environ=os.environ) -> int | None:
+    """Replica number of a pod of a Kubernetes Indexed Job: its completion index
+    (JOB_COMPLETION_INDEX, 0-based, set by the Job controller and kept by the pod that replaces
+    a failed one) plus one, so index 0 is `worker-1` as on Compose and Swarm. None when unset
+    (not such a pod). `worker_id` asks it right after KERASTUNER_TUNER_ID.
+    Raises ConfigError for a value that is not a non-negative integer."""
+    value = environ.get("JOB_COMPLETION_INDEX", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ConfigError("JOB_COMPLETION_INDEX", value, "a Job completion index (0, 1, 2, ...)")
+    return int(value) + 1
 
 
 def replica_of(tuner_id: str) -> int | None:

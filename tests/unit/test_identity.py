@@ -44,3 +44,22 @@ def test_replica_of():
 def test_real_lookup_outside_docker_returns_none_quickly():
     # This machine is not a Compose container: 127.0.0.11 answers nothing.
     assert identity._compose_ptr_name(timeout=0.5) is None
+
+
+@pytest.mark.parametrize("index, number", [("0", 1), ("7", 8), ("", None)])
+def test_kubernetes_indexed_job_replica(index, number):
+    assert identity.kubernetes_replica({"JOB_COMPLETION_INDEX": index}) == number
+    assert identity.kubernetes_replica({}) is None
+
+
+def test_an_indexed_job_pod_is_worker_index_plus_one(monkeypatch):
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    assert identity.worker_id("", lookup=lambda: None) == "worker-3"
+    assert identity.worker_id("gpu-box-a", lookup=lambda: None) == "gpu-box-a"  # explicit still wins
+
+
+@pytest.mark.parametrize("bad", ["-1", "two", "1.5"])
+def test_a_bad_completion_index_is_a_one_line_error(bad):
+    with pytest.raises(ConfigError) as err:
+        identity.kubernetes_replica({"JOB_COMPLETION_INDEX": bad})
+    assert str(err.value).startswith("JOB_COMPLETION_INDEX=")
