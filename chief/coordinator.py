@@ -27,7 +27,6 @@ from chief import progress, recovery
 from chief.journal import Event, RunJournal, StorageUnavailable
 from chief.leases import Leases
 from chief.oracle import InvalidSpace, short_message
-from chief.recovery import InconsistentState  # noqa: F401  (re-exported for the entry point)
 from chief.statefiles import StateWriter, StorageFaults
 from chief.trials import Caller, Cause, InvalidRequest, NotOwner, NotRegistered, Phase, Refused, TrialBook
 from shared import config
@@ -62,7 +61,7 @@ class Coordinator:
         self.book: TrialBook = replayed.book
         self.writer = StateWriter(oracle, self._lock, self.faults, fsync=fsync)
         oracle.attach(self.journal, self.writer)
-        restored = self._load(replayed)
+        restored = oracle.restore(replayed.book, replayed.states)
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock,
                              stock_lease_seconds=stock_lease_seconds)
         self.heartbeat_seconds = heartbeat_seconds
@@ -83,21 +82,6 @@ class Coordinator:
         if not self.finished.is_set():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.project_dir, FINISHED_MARKER))
-
-    def _load(self, replayed: recovery.Replayed) -> dict[str, str]:
-        """Restore the oracle from the project's files and journal; the trials still running, by worker."""
-        oracle = self.oracle
-        if not os.path.exists(oracle.oracle_file()):
-            if replayed.book.runs or replayed.states:  # the chief writes oracle.json before its first trial
-                raise InconsistentState(
-                    f"{self.project_dir} has a journal of {len(set(replayed.book.runs) | set(replayed.states))} "
-                    "trials but no oracle.json; restore oracle.json, or start a new search (another KTC_PROJECT)")
-            return {}
-        restored = oracle.restore(replayed.book, replayed.states)
-        with self._lock:
-            for trial_id in replayed.states:  # the files may lag behind the journal: rewrite them
-                self.writer.trial_changed(oracle.trials[trial_id])
-        return restored
 
     @contextlib.contextmanager
     def _locked(self):

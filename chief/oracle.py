@@ -32,6 +32,7 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
+from chief.recovery import InconsistentState
 from chief.trials import Phase, TrialBook
 
 TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
@@ -153,15 +154,26 @@ class ClusterOracleMixin:
 
     # -- restart ------------------------------------------------------------------------
     def restore(self, book: TrialBook, states: dict[str, dict]) -> dict[str, str]:
-        """Reload the project from its files, then make the journal's truth win; return the
-        trials still running, by worker. Stock `reload` re-queues every trial its (lagging)
-        oracle.json lists as ongoing, finished ones included: that is how a stock chief re-ran
-        finished trials. Here a trial whose attempt is still running stays with its worker (its
-        lease decides), a trial waiting for a retry is queued, a trial that exists without a
-        start is queued, and finished trials stay finished."""
+        """Reload the project from its files, then make the journal's truth win (and mark the
+        files that lag for rewriting); return the trials still running, by worker. Raises
+        InconsistentState for a journal without oracle.json (the chief writes oracle.json before
+        its first trial: starting afresh would hand the journal's trial ids out again).
+
+        Stock `reload` re-queues every trial its (lagging) oracle.json lists as ongoing, finished
+        ones included: that is how a stock chief re-ran finished trials. Here a trial whose
+        attempt is still running stays with its worker (its lease decides), a trial waiting for a
+        retry is queued, a trial that exists without a start is queued, and finished trials stay
+        finished."""
+        if not os.path.exists(self.oracle_file()):
+            if book.runs or states:
+                raise InconsistentState(
+                    f"{self.project_dir} has a journal of {len(set(book.runs) | set(states))} trials but no "
+                    "oracle.json; restore oracle.json, or start a new search (another KTC_PROJECT)")
+            return {}
         self.reload()
         for trial_id, state in states.items():
             self.trials[trial_id] = trial_module.Trial.from_state(state)
+            self.writer.trial_changed(self.trials[trial_id])
         self.ongoing_trials, queue, restored = {}, [], {}
         for trial_id, trial in self.trials.items():
             run = book.runs.get(trial_id)
