@@ -389,6 +389,10 @@ class Coordinator:
         self.writer.flush()
 
     def close(self):
+        """Store the lines a failed commit left (StorageUnavailable, nothing closed, if the journal
+        still cannot take them), then write the state files (OSError if that fails) and close."""
+        with self._lock:
+            self._commit()
         try:
             self.writer.close()
         finally:

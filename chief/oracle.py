@@ -39,6 +39,7 @@ TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versio
 MAX_HYPERPARAMETERS = 1000
 MAX_NAME_LENGTH = 128
 RUNNING = trial_module.TrialStatus.RUNNING
+FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 
 
 class InvalidSpace(ValueError):
@@ -162,8 +163,8 @@ class ClusterOracleMixin:
         Stock `reload` re-queues every trial its (lagging) oracle.json lists as ongoing, finished
         ones included: that is how a stock chief re-ran finished trials. Here a trial whose
         attempt is still running stays with its worker (its lease decides), a trial waiting for a
-        retry is queued, a trial that exists without a start is queued, and finished trials stay
-        finished."""
+        retry is queued, a trial that exists without a start (a project or journal from before
+        start lines) is queued unless its state is final, and finished trials stay finished."""
         if not os.path.exists(self.oracle_file()):
             if book.runs or states:
                 raise InconsistentState(
@@ -182,7 +183,7 @@ class ClusterOracleMixin:
                 self.ongoing_trials[run.owner] = trial
                 self.tuner_ids.add(run.owner)
                 restored[run.owner] = trial_id
-            elif run is None or run.phase is Phase.QUEUED:
+            elif (run is None and trial.status not in FINAL) or (run is not None and run.phase is Phase.QUEUED):
                 queue.append(trial_id)
         self._retry_queue = queue
         known = set(self.start_order)

@@ -27,12 +27,17 @@ def _dumps(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
+NOT_JSON = "<not a JSON payload>"  # what a handler receives for bytes that are not JSON (or are `null`)
+
+
 def _loads(raw: bytes):
-    """The request as JSON; None if it is not JSON (the handler refuses it with INVALID_ARGUMENT)."""
+    """The request as JSON; NOT_JSON if it is not JSON, which the handler refuses with
+    INVALID_ARGUMENT (a deserializer returning None makes grpc answer INTERNAL itself)."""
     try:
-        return json.loads(raw.decode()) if raw else {}
+        value = json.loads(raw.decode()) if raw else {}
     except ValueError:
-        return None
+        return NOT_JSON
+    return NOT_JSON if value is None else value
 
 
 def generic_handler(implementation) -> grpc.GenericRpcHandler:
