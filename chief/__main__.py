@@ -108,7 +108,7 @@ def run(settings) -> int:
         return _fail(exc.code, str(exc))
 
     from chief.coordinator import Coordinator
-    from chief.journal import JournalCorrupt
+    from chief.journal import JournalCorrupt, StorageUnavailable
     from chief.oracle import version_warning
     from chief.recovery import InconsistentState
     from chief.server import serve
@@ -155,6 +155,9 @@ def run(settings) -> int:
     try:
         coordinator.close()
         log.info(progress.final_report(snap, settings.project_results_dir))
+    except StorageUnavailable as exc:
+        return _fail(1, f"the last results could not be stored ({exc}): no worker was told they were; free space, "
+                        "then start the chief again: those trials run again")
     except OSError as exc:
         return _fail(1, f"writing the state or results files failed ({exc}); the journal holds every result: "
                         "free space, then start the chief again to write them")
