@@ -78,8 +78,11 @@ class Coordinator:
         self._on_event = on_event
         self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
         self.tally = progress.Tally.of(oracle, self.book)
+        self._over = False
         self._check_finished()
-        if not self.finished.is_set():
+        if self._over:
+            self.finished.set()
+        else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.project_dir, FINISHED_MARKER))
 
@@ -107,6 +110,8 @@ class Coordinator:
                         log.warning("an oracle call held the chief for %.1fs (heartbeats waited; that time does "
                                     "not count against leases)", held)
             self._commit()
+            if self._over:  # only once what ended the search is stored
+                self.finished.set()
 
     def _commit(self) -> None:
         if not self.journal.pending:
@@ -360,8 +365,7 @@ class Coordinator:
         oracle = self.oracle
         budget_spent = bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
         over = (self._stop_seen or budget_spent) and not self.book.running and not oracle.queued_ids
-        if over or self.fatal:
-            self.finished.set()
+        self._over = over or bool(self.fatal)
 
     def mark_finished(self, summary: dict) -> None:
         """Tell late or restarted workers (they share the state dir) that there is nothing left to do."""
