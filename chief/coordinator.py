@@ -40,7 +40,6 @@ STOPPED = trial_module.TrialStatus.STOPPED
 IDLE = trial_module.TrialStatus.IDLE
 INVALID = trial_module.TrialStatus.INVALID
 DEAF_AFTER = 1.0  # seconds an oracle call may hold the lock before its time stops counting against leases
-MAX_METRICS = 1000
 
 
 class Coordinator:
