@@ -130,7 +130,7 @@ def run(settings) -> int:
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
     try:
         coordinator.save_state()
-        _write_hparams_config(settings, oracle, metrics)
+        _write_hparams_config(settings, oracle, metrics, build_model)
     except OSError as exc:
         return _fail(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR")
 
@@ -181,13 +181,17 @@ def _model_metrics(space, build_model, dataset) -> list[str] | None:
         return None
 
 
-def _write_hparams_config(settings, oracle, metrics) -> None:
-    """TensorBoard's HParams experiment config from the declared space and the model's metrics."""
+def _write_hparams_config(settings, oracle, metrics, build_model) -> None:
+    """TensorBoard's HParams experiment config from the declared space and the model's metrics;
+    the hyperparameters every build asks for are the candidates for the default columns."""
     from shared import hparams
 
     metrics = metrics or ["loss", oracle.objective.name.removeprefix("val_")]
-    path = hparams.write_experiment_config(settings.project_log_dir, oracle.get_space(), metrics, oracle.objective)
-    log.info("HParams config: %d hyperparameters, metrics %s (%s)", len(oracle.get_space().space), metrics, path)
+    space = oracle.get_space()
+    always = hparams.always_used(build_model, space)
+    path = hparams.write_experiment_config(settings.project_log_dir, space, metrics, oracle.objective, always)
+    log.info("HParams config: %d hyperparameters (always used: %s), metrics %s (%s)", len(space.space),
+             ", ".join(always) or "none", metrics, path)
 
 
 def _save_best_model(best, attempt, build_model, settings) -> None:

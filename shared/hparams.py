@@ -1,31 +1,84 @@
 """TensorBoard HParams, written with TensorBoard's own hparams summary API.
 
 - Experiment config (chief, once per project, at the log root): every
-  hyperparameter of the declared search space with its true domain (discrete
-  ints stay discrete), plus `worker` and `device`, and the metrics the model
-  reports, with readable names and the objective's direction. TensorBoard then
-  stops guessing domains from the values it happened to see.
-- Per trial attempt (worker): one session with the values the model was
-  actually built with (read after the build, so first-time hyperparameters are
-  in and sampled-but-unused ones are out), who ran it where, and an end record
-  with its status (success or failure).
+  hyperparameter of the declared search space with its true domain, plus
+  ktcluster's columns `status`, `error`, `worker` and `device`, and the metrics
+  the model reports (the objective first), with readable names and the
+  objective's direction.
+- Default columns: the dashboard ticks the first five hyperparameters of the
+  config after sorting it by `differs` (true first), then by name, and draws a
+  parallel-coordinates line or scatter point only for a trial with a value on
+  every ticked column. So `differs` is declared true for exactly five columns
+  that every trial records: status, error, worker and the first two
+  hyperparameters that every build of the model asks for (`model_type` and
+  `dropout` in the guide). Conditional ones (`cnn_layers`, `units_0`, ...) are
+  declared, recorded by the trials that used them, one tick away.
+- Sessions, one per execution of a trial attempt, in
+  `<trial>/execution<N>` (attempt 1) or `<trial>/attempt<k>/execution<N>`:
+  * while training, a placeholder session in `<run>/live` (status `running`,
+    no metrics) so running trials are listed;
+  * at the end, the placeholder gets an end record with a status outside
+    TensorBoard's enum (`SUPERSEDED`: the dashboard lists only unknown, success,
+    failure and running sessions, so it disappears) and
+    the run itself gets the final session: the values the model was built with,
+    who ran it where, `status` and a short `error`, and SUCCESS or FAILURE.
+    Its metrics are Keras' curves in `<run>/train` and `<run>/validation`.
+  * session groups (the table's rows) are named by the trial id for an attempt
+    that completed, `<trial> attempt <k>` for one that did not: a retried
+    trial's result is never averaged with its dead attempt.
+  * an attempt whose worker died is closed by the chief with
+    `mark_attempt_lost` (status `lost`, end FAILURE).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import time
 
 import keras
-import tensorflow as tf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api as hp_api
-from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary, summary_v2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary, summary_v2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 WORKER = "worker"
 DEVICE = "device"
+STATUS = "status"
+ERROR = "error"
+STATUSES = ("completed", "failed", "lost", "running")
 CONFIG_SUFFIX = ".ktcluster-hparams"
+SESSION_SUFFIX = ".ktcluster-session"  # the final session of a run (one per run, never two)
+LIVE = "live"  # the placeholder session of a running attempt: <run>/live
+# The end status of a placeholder once its attempt has a final session. TensorBoard's Status enum
+# has UNKNOWN 0, SUCCESS 1, FAILURE 2, RUNNING 3 and its dashboard asks only for those four;
+# proto3 enums keep other values, and the backend drops a session whose status was not asked for.
+# So a placeholder ended with 4 leaves the dashboard, and nothing else reads it.
+SUPERSEDED = 4
 MAX_DISCRETE = 32
+DEFAULT_COLUMNS = 5  # what TensorBoard's dashboard ticks on first opening
+ERROR_CHARS = 60
 HYPERBAND_PREFIX = "tuner/"  # Hyperband's own bookkeeping values (epochs per bracket): shown too
+
+
+def attempt_log_dir(root: str, trial_id: str, attempt: int, execution: int) -> str:
+    """<root>/<trial>/execution<N> for a first attempt (KerasTuner's layout), and
+    <root>/<trial>/attempt<k>/execution<N> for retries: one clean TensorBoard run per attempt."""
+    parts = [trial_id] + ([f"attempt{attempt}"] if attempt > 1 else []) + [f"execution{execution}"]
+    return os.path.join(root, *parts)
+
+
+def group_name(trial_id: str, attempt: int, completed: bool) -> str:
+    """The table row of a session: the trial id for the attempt that produced the result."""
+    return trial_id if completed else f"{trial_id} attempt {attempt}"
+
+
+def short_error(message: str) -> str:
+    """The last line of a traceback (`ValueError: ...`), at most ERROR_CHARS characters."""
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
 def trial_values(hyperparameters, worker: str, device: str, used=None) -> dict:
@@ -59,40 +112,91 @@ def _readable(name: str) -> str:
 
 
 def metric_infos(metric_names, objective) -> list:
-    """(training|validation, epoch_<name>) for each metric Keras logs; the objective says its direction."""
+    """(training|validation, epoch_<name>) for each metric Keras logs, the objective first (the
+    dashboard shows the first five); the objective says its direction."""
     metrics = []
     for name in metric_names:
         for group, split, prefix in (("validation", "validation", "val_"), ("train", "training", "")):
             is_objective = prefix + name == objective.name
             description = (f"objective: {'maximize' if objective.direction == 'max' else 'minimize'} "
                            f"{objective.name}") if is_objective else ""
-            metrics.append(hp_api.Metric(f"epoch_{name}", group=group,
-                                         display_name=f"{split} {_readable(name)}", description=description))
-    return metrics
+            metrics.append((not is_objective, hp_api.Metric(
+                f"epoch_{name}", group=group, display_name=f"{split} {_readable(name)}", description=description)))
+    return [metric for _, metric in sorted(metrics, key=lambda pair: pair[0])]
 
 
-def write_experiment_config(log_root: str, space, metric_names, objective) -> str:
+def always_used(build_model, space, max_builds: int = 16) -> list[str]:
+    """The hyperparameters every build asks for, in declaration order (a best guess).
+
+    Builds the model with the defaults, then once per other value of each Choice or
+    Boolean the default build asked for (the switches that pick branches), and keeps the
+    names every successful build asked for. The guide: model_type and dropout (3 builds).
+    """
+    import keras_tuner as kt
+
+    from shared.tuning import recording_used
+
+    kinds = kt.engine.hyperparameters
+    defaults = {hp.name: hp.default for hp in space.space}
+
+    def used_by(values):
+        hp = space.copy()
+        hp.values = {**defaults, **values}
+        with recording_used(hp) as used:
+            try:
+                build_model(hp)
+            except Exception:
+                return None
+        return used
+
+    common = used_by({})
+    if common is None:
+        return []
+    builds = 1
+    for hp in [h for h in space.space if h.name in common and isinstance(h, (kinds.Choice, kinds.Boolean))]:
+        values = list(hp.values) if isinstance(hp, kinds.Choice) else [False, True]
+        for value in values:
+            if value == hp.default or builds >= max_builds:
+                continue
+            builds += 1
+            used = used_by({hp.name: value})
+            if used is not None:
+                common &= used
+    return [hp.name for hp in space.space if hp.name in common]
+
+
+def write_experiment_config(log_root: str, space, metric_names, objective, always=None) -> str:
     """(Re)write the one experiment config of this log root; returns its path.
 
-    TensorBoard uses the first config it finds, so an older one of ours is
-    removed first: a re-run chief never leaves two conflicting configs.
+    `always`: hyperparameters every trial records (`always_used`); the first two of them,
+    with status, error and worker, are the five columns shown on first opening (None: the
+    first declared hyperparameter, which every build asks for first). TensorBoard uses the
+    first config it finds, so an older one of ours is removed first: a re-run chief never
+    leaves two conflicting configs.
     """
     os.makedirs(log_root, exist_ok=True)
     for old in glob.glob(os.path.join(log_root, f"events.out.tfevents.*{CONFIG_SUFFIX}")):
         os.unlink(old)
+    names = [hp.name for hp in space.space]
+    always = names[:1] if always is None else [name for name in always if name in names]
+    own = (STATUS, ERROR, WORKER)
+    shown = set(own) | set(always[:DEFAULT_COLUMNS - len(own)])
     hparams = [hp_api.HParam(hp.name, domain(hp), display_name=_readable(hp.name)) for hp in space.space]
-    hparams += [hp_api.HParam(WORKER, display_name="worker", description="tuner id of the worker that ran the trial"),
+    hparams += [hp_api.HParam(STATUS, hp_api.Discrete(list(STATUSES)), display_name="status",
+                              description="completed, failed (see error), lost (its worker died) or running"),
+                hp_api.HParam(ERROR, display_name="error", description="why the attempt failed (full text: Text tab)"),
+                hp_api.HParam(WORKER, display_name="worker", description="tuner id of the worker that ran the trial"),
                 hp_api.HParam(DEVICE, display_name="device", description="GPU name or CPU")]
     pb = summary_v2.hparams_config_pb(hparams=hparams, metrics=metric_infos(metric_names, objective))
     experiment = pb.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(experiment.content)
-    for info in data.experiment.hparam_infos:  # free-form strings: no domain, but a type, so the
-        if info.name in (WORKER, DEVICE):     # dashboard offers a text filter instead of hiding rows
-            info.type = api_pb2.DATA_TYPE_STRING
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in shown
+        if info.name in (WORKER, DEVICE, ERROR):  # free-form strings: no domain, but a type, so the
+            info.type = api_pb2.DATA_TYPE_STRING  # dashboard offers a text filter instead of hiding rows
     experiment.content = data.SerializeToString()
-    writer = tf.summary.create_file_writer(log_root, filename_suffix=CONFIG_SUFFIX)
-    with writer.as_default():
-        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
+    writer = EventFileWriter(log_root, filename_suffix=CONFIG_SUFFIX)
+    writer.add_event(_event(pb))
     writer.close()
     return glob.glob(os.path.join(log_root, f"events.out.tfevents.*{CONFIG_SUFFIX}"))[0]
 
@@ -106,42 +210,132 @@ def reported_metrics(model, x, y) -> list[str]:
     return sorted(results, key=lambda name: (name != "loss", name))
 
 
-class TrialRecorder(keras.callbacks.Callback):
-    """Writes the HParams session start when training starts; `end()` writes its status.
+def _event(pb) -> event_pb2.Event:
+    """A Summary (TensorFlow's or TensorBoard's own class: the same message) as an event at step 0."""
+    summary_pb = summary_pb2.Summary.FromString(pb.SerializeToString())
+    return event_pb2.Event(wall_time=time.time(), step=0, summary=summary_pb)
 
-    One writer (one event file) per session: TensorBoard reads a run's event
-    files in order and never returns to an older one.
+
+def _write(log_dir: str, summaries, suffix: str = "") -> None:
+    """One new event file in `log_dir` with these summaries (TensorBoard reads a run's files in
+    name order, which is creation time, and never returns to an older one)."""
+    writer = EventFileWriter(log_dir, filename_suffix=suffix)
+    for pb in summaries:
+        writer.add_event(_event(pb))
+    writer.close()
+
+
+def _has_final(log_dir: str) -> bool:
+    return bool(glob.glob(os.path.join(log_dir, f"events.out.tfevents.*{SESSION_SUFFIX}")))
+
+
+def _plain(values: dict) -> dict:
+    """numpy scalars -> Python values (the session summary accepts bool, int, float, str)."""
+    return {name: value.item() if hasattr(value, "item") else value for name, value in values.items()}
+
+
+def _failure_text(message: str):
+    from tensorboard.plugins.text import summary_v2 as text_summary
+
+    return text_summary.text_pb("failure", message)
+
+
+def write_final_session(log_dir: str, values: dict, group: str, status: str, error: str = "",
+                        message: str = "", start_time_secs: float | None = None) -> bool:
+    """The run's one final session: `values` plus status and error, then its end record
+    (SUCCESS for `completed`, else FAILURE) and the full `message` in the Text tab (tag
+    `failure`). False (nothing written) if the run already has one: the first word stands."""
+    if _has_final(log_dir):
+        return False
+    start = summary.session_start_pb(_plain({**values, STATUS: status, ERROR: error}), group_name=group,
+                                     start_time_secs=start_time_secs)
+    end = summary.session_end_pb(api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE)
+    _write(log_dir, [start, end] + ([_failure_text(message)] if message else []), SESSION_SUFFIX)
+    return True
+
+
+def _live_start(log_dir: str):
+    """The placeholder session's start info in `<log_dir>/live`, or None."""
+    for path in sorted(glob.glob(os.path.join(log_dir, LIVE, "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    return metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+    return None
+
+
+def _python(value):
+    kind = value.WhichOneof("kind")
+    return {"bool_value": value.bool_value, "number_value": value.number_value,
+            "string_value": value.string_value}.get(kind)
+
+
+def mark_attempt_lost(log_root: str, trial_id: str, attempt: int, reason: str) -> int:
+    """Close the sessions of an attempt whose worker is gone; returns how many were closed.
+
+    For the chief, when it re-queues (or fails) an attempt because its worker's lease expired.
+    Each execution of the attempt that started training (has a `live` placeholder) and has no
+    final session gets one: the placeholder's values, who ran it, `status` = lost, `error` =
+    `reason`, end FAILURE, row `<trial> attempt <k>`; the placeholder is ended SUPERSEDED so
+    it leaves the dashboard. An execution that never started training has nothing to close.
+    Idempotent; files only (no lock needed, call it outside the chief's lock); raises OSError
+    if the log folder cannot be written.
+    """
+    closed = 0
+    for log_dir in sorted(glob.glob(attempt_log_dir(log_root, trial_id, attempt, 0)[:-1] + "*")):
+        start = _live_start(log_dir)
+        if start is None or _has_final(log_dir):
+            continue
+        values = {name: _python(value) for name, value in start.hparams.items()
+                  if name not in (STATUS, ERROR) and _python(value) is not None}
+        if write_final_session(log_dir, values, group_name(trial_id, attempt, False), "lost", short_error(reason),
+                               message=reason, start_time_secs=start.start_time_secs):
+            closed += 1
+        _write(os.path.join(log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])
+    return closed
+
+
+def close_earlier_attempts(log_root: str, trial_id: str, attempt: int, worker: str) -> int:
+    """The worker's fallback for `mark_attempt_lost`, when it starts attempt `attempt` > 1: any
+    earlier attempt still without a final session produced no result. The chief's call, made
+    when it re-queued the attempt, comes first and its reason stands."""
+    reason = f"no result (worker lost); attempt {attempt} ran on {worker}"
+    return sum(mark_attempt_lost(log_root, trial_id, earlier, reason) for earlier in range(1, attempt))
+
+
+class TrialRecorder(keras.callbacks.Callback):
+    """One execution of one trial attempt in `log_dir` (see the module docstring).
+
+    `on_train_begin` writes the `live` placeholder session; `end()` writes the final
+    session once the status is known. A trial that failed before training (e.g. in its
+    build) gets only the final session, so it still shows as failed.
     """
 
-    def __init__(self, log_dir: str, trial, worker: str, device: str, used=None):
+    def __init__(self, log_dir: str, trial, worker: str, device: str, used=None, attempt: int = 1):
         super().__init__()
         self.log_dir, self.trial, self.worker, self.device, self.used = log_dir, trial, worker, device, used
-        self._writer = None
+        self.attempt = attempt
+        self._started: float | None = None
         self._ended = False
 
+    def _values(self) -> dict:
+        return trial_values(self.trial.hyperparameters, self.worker, self.device, self.used)
+
     def on_train_begin(self, logs=None):
-        self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default():
-            summary_v2.hparams(
-                trial_values(self.trial.hyperparameters, self.worker, self.device, self.used),
-                trial_id=self.trial.trial_id,
-            )
-        self._writer.flush()
+        self._started = time.time()
+        start = summary.session_start_pb(_plain({**self._values(), STATUS: "running", ERROR: ""}),
+                                         group_name=group_name(self.trial.trial_id, self.attempt, False),
+                                         start_time_secs=self._started)
+        _write(os.path.join(self.log_dir, LIVE), [start])
 
     def end(self, status: int, message: str = "") -> None:
-        """Write the session's end record once the trial's status is known.
-
-        A trial that failed before training (e.g. in its build) still gets a
-        session, so it shows as failed; the message goes to the Text tab.
-        """
+        """Write the final session (`status`: api_pb2.STATUS_SUCCESS or STATUS_FAILURE) once."""
         if self._ended:
             return
-        if self._writer is None:
-            self.on_train_begin()
-        with self._writer.as_default():
-            if message:
-                tf.summary.text("failure", message, step=0)
-            raw = summary.session_end_pb(status).SerializeToString()
-            tf.summary.experimental.write_raw_pb(raw, step=0)
-        self._writer.close()
-        self._writer, self._ended = None, True
+        self._ended = True
+        completed = status == api_pb2.STATUS_SUCCESS
+        write_final_session(self.log_dir, self._values(), group_name(self.trial.trial_id, self.attempt, completed),
+                            "completed" if completed else "failed", "" if completed else short_error(message),
+                            message=message, start_time_secs=self._started)
+        if self._started is not None:
+            _write(os.path.join(self.log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])

@@ -30,11 +30,7 @@ from worker.guard import AttemptGuard
 log = logging.getLogger("ktcluster.worker")
 
 
-def attempt_log_dir(root: str, trial_id: str, attempt: int, execution: int) -> str:
-    """<root>/<trial>/execution<N> for a first attempt (KerasTuner's layout), and
-    <root>/<trial>/attempt<k>/execution<N> for retries: one clean TensorBoard run per attempt."""
-    parts = [trial_id] + ([f"attempt{attempt}"] if attempt > 1 else []) + [f"execution{execution}"]
-    return os.path.join(root, *parts)
+attempt_log_dir = hparams.attempt_log_dir  # the chief closes a dead attempt's sessions there too
 
 
 def _gradient_registry() -> dict:
@@ -142,15 +138,22 @@ class ClusterTuner(kt.Tuner):
             if isinstance(callback, keras.callbacks.TensorBoard):
                 log_dir = attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
                 callback.log_dir = log_dir
-                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device, self._used)
+                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
                 self._recorders.setdefault(trial.trial_id, []).append(recorder)
                 callbacks.append(recorder)
 
     def on_trial_begin(self, trial):
         self._used = set()
         self._gradients_before = gradient_names()
-        log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id,
-                 self.oracle.attempt_of(trial.trial_id) or 1, trial.hyperparameters.values)
+        attempt = self.oracle.attempt_of(trial.trial_id) or 1
+        log.info("%s starts trial %s (attempt %d): %s", self.tuner_id, trial.trial_id, attempt,
+                 trial.hyperparameters.values)
+        if attempt > 1:  # a dead attempt's HParams session must not stay "running"
+            try:
+                hparams.close_earlier_attempts(self.settings.project_log_dir, trial.trial_id, attempt, self.tuner_id)
+            except OSError as exc:
+                log.warning("could not close the HParams sessions of trial %s's earlier attempts: %s",
+                            trial.trial_id, exc)
         super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
