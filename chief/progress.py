@@ -216,7 +216,10 @@ def write_results(snap: Snapshot, results_dir: str) -> dict:
         "trial_id": best.trial_id if best else None,
         "score": best.score if best else None,
         "worker": snap.runs[best.trial_id].owner if best and best.trial_id in snap.runs else None,
-        "hyperparameters": dict(best.hyperparameters.values) if best else {},
+        # what the best model was built with, as in trials.csv (the oracle's full draw: trial.json)
+        "hyperparameters": results.used_values(
+            best.hyperparameters.values, snap.runs[best.trial_id].used if best.trial_id in snap.runs else None,
+        ) if best else {},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     results.write(results_dir, rows, snap.space, best_record)
@@ -231,4 +234,4 @@ def final_report(snap: Snapshot, results_dir: str) -> str:
     return (f"search {'STOPPED' if snap.fatal else 'finished'}: {s.completed} completed, "
             f"{s.failed} failed{': ' + '; '.join(failed) if failed else ''} of {len(snap.trials)}; "
             f"best {best['objective']}={best['score']} (trial {best['trial_id']}) "
-            f"{json.dumps(best['hyperparameters'], sort_keys=True)}; results in {results_dir}")
+            f"{json.dumps(results.json_safe(best['hyperparameters']), sort_keys=True)}; results in {results_dir}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import numbers
 import os
 
@@ -22,6 +23,30 @@ def cell(value) -> str:
     return str(value)
 
 
+HYPERBAND_PREFIX = "tuner/"  # Hyperband's own bookkeeping values: part of what the trial ran with
+
+
+def used_values(values: dict, used) -> dict:
+    """The values a model was built with: those named in `used` (the worker's `ktc-used` report)
+    and Hyperband's bookkeeping; all of them when `used` is None (unknown, e.g. a stock worker)."""
+    return {name: value for name, value in values.items()
+            if used is None or name in used or name.startswith(HYPERBAND_PREFIX)}
+
+
+def json_safe(value):
+    """`value` with NaN and infinities as None (strict JSON has no NaN) and numpy scalars as
+    Python numbers, through dicts and lists."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def trials_rows(trials, runs, hp_names):
     """One dict per trial, in trial-id order. `runs[trial_id]` (the chief's TrialRun) has `owner`,
     `seconds`, `attempt`, `message` and `used` (the hyperparameters the model was built with: only
@@ -36,16 +61,17 @@ def trials_rows(trials, runs, hp_names):
             "score": trial.score,
             "seconds": None if run is None or run.seconds is None else round(run.seconds, 3),
         }
-        values = trial.hyperparameters.values
-        used = run and run.used  # None: unknown (e.g. a stock worker): show every sampled value
-        row.update({name: values.get(name) if used is None or name in used else None for name in hp_names})
+        used = run.used if run is not None else None  # None: unknown (e.g. a stock worker): every value
+        values = used_values(trial.hyperparameters.values, used)
+        row.update({name: values.get(name) for name in hp_names})
         row.update(attempts=run and run.attempt, message=(run and run.message) or None)
         rows.append(row)
     return rows
 
 
 def write(results_dir: str, rows, hp_names, best) -> None:
-    """Write both files atomically (a crash never leaves half a CSV)."""
+    """Write both files atomically (a crash never leaves half a CSV); the JSON is strict (NaN and
+    infinities as null)."""
     os.makedirs(results_dir, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIXED_COLUMNS + list(hp_names) + LAST_COLUMNS, lineterminator="\n")
@@ -54,7 +80,8 @@ def write(results_dir: str, rows, hp_names, best) -> None:
         writer.writerow({key: cell(value) for key, value in row.items()})
     write_text_atomic(os.path.join(results_dir, "trials.csv"), buffer.getvalue())
     write_text_atomic(
-        os.path.join(results_dir, "best_hyperparameters.json"), json.dumps(best, indent=2, sort_keys=True) + "\n"
+        os.path.join(results_dir, "best_hyperparameters.json"),
+        json.dumps(json_safe(best), indent=2, sort_keys=True, allow_nan=False) + "\n",
     )
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from chief import progress
+from chief.progress import ObjectiveInfo, Snapshot
+from chief.trials import TrialRun
 from shared import results
 
 
@@ -18,16 +20,22 @@ def _trial(trial_id, status, score, **values):
     return trial
 
 
+def _run(trial_id, owner=None, seconds=None, attempt=1, message="", used=None):
+    return TrialRun(trial_id, owner=owner, attempt=attempt, seconds=seconds, message=message, used=used)
+
+
+def _snap(trials, runs, best=None, space=(), running=None, max_trials=None, fatal=None):
+    return Snapshot(trials, runs, running or {}, [], max_trials, ObjectiveInfo("val_accuracy", "max"), best,
+                    list(space), fatal)
+
+
 def test_trials_csv_and_best(tmp_path):
     trials = [_trial("1", "COMPLETED", np.float64(0.5), model_type="cnn", dropout=True),
               _trial("0", "COMPLETED", 0.9, model_type="mlp", units_0=64),
               _trial("2", "FAILED", None, model_type="mlp")]
-    runs = {"0": {"worker": "worker-1", "seconds": 1.23456, "attempts": 1},
-            "1": {"worker": "worker-2", "seconds": 2.0, "attempts": 1},
-            "2": {"worker": "worker-1", "seconds": None, "attempts": 2, "message": "ValueError: bad combo"}}
-    snap = {"trials": trials, "runs": runs, "running": {}, "max_trials": 3,
-            "objective": kt.Objective("val_accuracy", "max"), "best": trials[1],
-            "space": ["model_type", "units_0", "dropout"]}
+    runs = {"0": _run("0", "worker-1", 1.23456), "1": _run("1", "worker-2", 2.0),
+            "2": _run("2", "worker-1", None, attempt=2, message="ValueError: bad combo")}
+    snap = _snap(trials, runs, best=trials[1], space=["model_type", "units_0", "dropout"], max_trials=3)
     progress.write_results(snap, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
     assert list(rows[0]) == results.FIXED_COLUMNS + ["model_type", "units_0", "dropout"] + results.LAST_COLUMNS
@@ -44,8 +52,8 @@ def test_trials_csv_and_best(tmp_path):
 
 def test_progress_line_counts_best_and_eta():
     trials = [_trial("0", "COMPLETED", 0.8), _trial("1", "RUNNING", None), _trial("2", "RUNNING", None)]
-    snap = {"trials": trials, "runs": {"0": {"seconds": 60.0}}, "running": {"worker-1": "1", "worker-2": "2"},
-            "max_trials": 6, "objective": kt.Objective("val_accuracy", "max"), "best": trials[0], "space": []}
+    snap = _snap(trials, {"0": _run("0", seconds=60.0)}, best=trials[0], running={"worker-1": "1", "worker-2": "2"},
+                 max_trials=6)
     line = progress.line(progress.summary(snap))
     # 5 trials left over 2 running workers at 60 s each -> 3 rounds -> 3 minutes
     assert line == ("progress: 1/6 done (0 failed), running [worker-1:1, worker-2:2], "
@@ -64,8 +72,8 @@ def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
             self.finished, self.done = threading.Event(), 0
 
         def progress(self):
-            return {"completed": self.done, "failed": 0, "running": {}, "total": 10, "queued": 0,
-                    "objective": "score", "best": None, "eta": None}
+            return progress.Summary(completed=self.done, failed=0, running={}, total=10, queued=0,
+                                    objective="score", best=None, eta=None)
 
     c, log = Coordinator(), progress.ProgressLog(interval=0.3)
 
@@ -97,9 +105,8 @@ def test_results_belong_to_the_owner_of_the_results_folder(tmp_path):
     root.mkdir()
     os.chown(root, 4321, 4322)
     project = root / "proj"
-    snap = {"trials": [_trial("0", "COMPLETED", 0.9, units_0=64)], "runs": {"0": {"worker": "w", "attempts": 1}},
-            "running": {}, "max_trials": 1, "objective": kt.Objective("val_accuracy", "max"), "best": None,
-            "space": ["units_0"]}
+    snap = _snap([_trial("0", "COMPLETED", 0.9, units_0=64)], {"0": _run("0", "w")}, space=["units_0"],
+                 max_trials=1)
     progress.write_results(snap, str(project))
     (project / "nested").mkdir()
     (project / "nested" / "model.keras").write_bytes(b"x")
@@ -107,3 +114,29 @@ def test_results_belong_to_the_owner_of_the_results_folder(tmp_path):
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in [project, *project.rglob("*")]}
     assert owners == {(4321, 4322)}
     assert results.give_to_folder_owner(str(root), str(project)) == 0
+
+
+def test_final_line_best_json_and_csv_list_the_values_the_best_model_was_built_with(tmp_path):
+    """A CNN trial's draw also holds MLP values (mlp_layers, units_0) it never used: the worker's
+    `ktc-used` report decides, in all three places; the JSON is strict (no NaN)."""
+    drawn = dict(model_type="cnn", mlp_layers=2, units_0=64, units_1=32, cnn_layers=1, filters_0=96, dropout=False)
+    trials = [_trial("0", "COMPLETED", 0.97, **drawn), _trial("1", "COMPLETED", float("nan"), model_type="mlp")]
+    used = ["cnn_layers", "dropout", "filters_0", "model_type"]
+    runs = {"0": _run("0", "worker-2", 3.0, used=used), "1": _run("1", "worker-1", 1.0, used=["model_type"])}
+    snap = _snap(trials, runs, best=trials[0], space=list(drawn), max_trials=2)
+    line = progress.final_report(snap, str(tmp_path))
+    expected = {"model_type": "cnn", "cnn_layers": 1, "filters_0": 96, "dropout": False}
+    assert json.loads(line.split(" (trial 0) ", 1)[1].split("; results in", 1)[0]) == expected
+
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    best = json.loads((tmp_path / "best_hyperparameters.json").read_text(), parse_constant=strict)
+    assert best["hyperparameters"] == expected
+    row = next(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert {name: row[name] for name in drawn if row[name]} == {k: str(v) for k, v in expected.items()}
+
+    snap.best = trials[1]  # e.g. an objective that came out NaN: null, not NaN
+    progress.write_results(snap, str(tmp_path))
+    best = json.loads((tmp_path / "best_hyperparameters.json").read_text(), parse_constant=strict)
+    assert best["score"] is None and best["hyperparameters"] == {"model_type": "mlp"}
