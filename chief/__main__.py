@@ -209,6 +209,11 @@ def _save_best_model(best, attempt, build_model, settings) -> None:
     build_config = layout.find_build_config(settings.project_state_dir, best.trial_id, attempt)
     if not model.built and build_config:
         model.build_from_config(json.load(open(build_config)))
+    if getattr(model, "optimizer", None) is not None and model.built:
+        # A trained model's checkpoint holds its optimizer's state too: a fresh optimizer has no
+        # slots yet, so Keras would skip loading them ("Skipping variable loading for optimizer")
+        # and save a file that warns again on every load_model.
+        model.optimizer.build(model.trainable_variables)
     model.load_weights(checkpoint)
     path = os.path.join(settings.project_results_dir, "best_model.keras")
     model.save(path)
