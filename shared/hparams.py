@@ -282,7 +282,8 @@ def mark_attempt_lost(log_root: str, trial_id: str, attempt: int, reason: str) -
     if the log folder cannot be written.
     """
     closed = 0
-    for log_dir in sorted(glob.glob(attempt_log_dir(log_root, trial_id, attempt, 0)[:-1] + "*")):
+    attempt_dir = os.path.dirname(attempt_log_dir(log_root, trial_id, attempt, 0))
+    for log_dir in sorted(glob.glob(os.path.join(attempt_dir, "execution*"))):
         start = _live_start(log_dir)
         if start is None or _has_final(log_dir):
             continue

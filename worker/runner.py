@@ -30,9 +30,6 @@ from worker.guard import AttemptGuard
 log = logging.getLogger("ktcluster.worker")
 
 
-attempt_log_dir = hparams.attempt_log_dir  # the chief closes a dead attempt's sessions there too
-
-
 def _gradient_registry() -> dict:
     """TensorFlow's global table of gradient functions (private; {} if it ever moves)."""
     from tensorflow.python.framework import ops
@@ -136,7 +133,7 @@ class ClusterTuner(kt.Tuner):
         attempt = self.oracle.attempt_of(trial.trial_id) or 1
         for callback in list(callbacks):
             if isinstance(callback, keras.callbacks.TensorBoard):
-                log_dir = attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
+                log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
                 callback.log_dir = log_dir
                 recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
                 self._recorders.setdefault(trial.trial_id, []).append(recorder)

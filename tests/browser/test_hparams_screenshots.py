@@ -1,33 +1,40 @@
 """The HParams dashboard of a real ktcluster run, in headless Chromium (Debian's chromium and chromedriver).
 
-Takes the three pictures the README shows (table, parallel coordinates, scatter matrix) and asserts
-the page rendered the trials. `KTC_UPDATE_SCREENSHOTS=1` also copies them to docs/img/.
+The guide's search (MLP or CNN, scikit-learn digits) on two workers, with a worker killed
+mid-trial (its trial is retried on the other) and a trial that fails (3-layer MLPs raise in
+fit: tests/browser/guide_model.py). On first opening of the HParams tab, untouched, the test
+counts what the dashboard shows against the trials: the table's rows, the parallel-coordinates
+lines and the scatter-plot points, and takes the three pictures the README and docs/hparams.md
+show. `KTC_UPDATE_SCREENSHOTS=1` also copies them to docs/img/.
 """
 
+import csv
 import os
 import shutil
+import signal
 import sys
 import time
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.procs import cluster_env, free_port, hparams_session_groups, http_json, processes, python, wait_until
+from tests.procs import cluster_env, free_port, hparams_session_groups, processes, python, wait_until
 
 TRIALS = 10
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = {"TABLE VIEW": "hparams-table.png", "PARALLEL COORDINATES VIEW": "hparams-parallel-coordinates.png",
          "SCATTER PLOT MATRIX VIEW": "hparams-scatter-matrix.png"}
-# The guide's columns, the worker column and the objective (TensorBoard shows the first five
-# hyperparameters and metrics, alphabetically, until told otherwise).
-SHOWN = {"model type", "mlp layers", "units 0", "cnn layers", "filters 0", "dropout", "worker",
-         "validation accuracy"}
+# What the dashboard must show on first opening: ktcluster's columns and the guide's two
+# hyperparameters that every trial has, and the objective first among the metrics.
+DEFAULT_HPARAMS = {"status", "error", "worker", "model_type", "dropout"}
+OBJECTIVE = {"group": "validation", "tag": "epoch_accuracy"}
 
 # TensorBoard's dashboard is Polymer: everything sits in nested shadow roots.
 DEEP = """
 function* walk(root) {
   for (const el of root.querySelectorAll('*')) { yield el; if (el.shadowRoot) yield* walk(el.shadowRoot); }
 }
+function find(tag) { for (const el of walk(document)) { if (el.tagName === tag) return el; } return null; }
 """
 CLICK = DEEP + """
 const [tag, text] = arguments;
@@ -38,18 +45,15 @@ for (const el of walk(document)) {
 }
 return false;
 """
-CHECKBOXES = DEEP + """
-const out = {};
-for (const el of walk(document)) {
-  if (el.tagName === 'PAPER-CHECKBOX') { out[(el.innerText || el.textContent || '').trim()] = el.checked; }
-}
-return out;
-"""
+# The table as the dashboard renders it: its rows (session groups) and visible columns.
 TABLE = DEEP + """
-for (const el of walk(document)) {
-  if (el.tagName === 'TF-HPARAMS-TABLE-VIEW') { return (el.shadowRoot || el).textContent; }
-}
-return '';
+const table = find('TF-HPARAMS-TABLE-VIEW');
+if (!table || !table.sessionGroups || !table.visibleSchema) return null;
+return {rows: table.sessionGroups.map(g => ({name: g.name, hparams: g.hparams,
+                                              metrics: g.metricValues.map(m => m.name)})),
+        hparams: table.visibleSchema.hparamInfos.map(h => h.name),
+        metrics: table.visibleSchema.metricInfos.map(m => m.name),
+        text: (table.shadowRoot || table).textContent};
 """
 TEXT = DEEP + """
 let s = '';
@@ -87,34 +91,73 @@ def _browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def _started(chief, worker):
+    """The trial the chief last handed to `worker`, from its log."""
+    for line in reversed(chief.output().splitlines()):
+        if f" -> {worker} (attempt" in line:
+            return line.split("trial ", 1)[1].split(" ", 1)[0]
+    return None
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     _require_browser()  # before the search: a machine without Chromium should not train first
     tmp = tmp_path_factory.mktemp("browser")
-    env = cluster_env(tmp, free_port(), KTC_MAX_TRIALS=TRIALS, KTC_EPOCHS=2, KTC_SEED=7, KTC_PROJECT="guide")
+    env = cluster_env(tmp, free_port(), KTC_MAX_TRIALS=TRIALS, KTC_EPOCHS=2, KTC_SEED=7, KTC_PROJECT="guide",
+                      KTC_MODEL="tests.browser.guide_model:build_model", KTC_MAX_RETRIES=1,
+                      KTC_LEASE_SECONDS=6, KTC_HEARTBEAT_SECONDS=1, KTC_STOP_GRACE_SECONDS=3)
+    logs = tmp / "logs" / "guide"
     tb_port = free_port()
     with processes() as start:
         chief = start("chief", python("chief"), env, tmp)
-        workers = [start(f"w{n}", python("worker"), {**env, "KERASTUNER_TUNER_ID": f"worker-{n}"}, tmp)
-                   for n in (1, 2)]
-        assert chief.wait(timeout=600) == 0, chief.output()[-2000:]
-        assert [w.wait(timeout=60) for w in workers] == [0, 0]
+        victim = start("w1", python("worker"), {**env, "KERASTUNER_TUNER_ID": "worker-1", "KTC_TEST_SLEEP": "0.05"},
+                       tmp)
+        survivor = start("w2", python("worker"), {**env, "KERASTUNER_TUNER_ID": "worker-2"}, tmp)
+        killed = wait_until(lambda: _started(chief, "worker-1"), 180, 0.1, what="worker-1 to start a trial")
+        # after its first epoch (a curve to show), before its second: a dead attempt with data
+        wait_until(lambda: list((logs / killed / "execution0" / "validation").glob("events.*")), 120, 0.1,
+                   what=f"trial {killed}'s first epoch on worker-1")
+        os.kill(victim.pid, signal.SIGKILL)
+        assert chief.wait(timeout=600) == 0, chief.output()[-3000:]
+        assert survivor.wait(timeout=60) == 0
         start("tensorboard", [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir",
-                              str(tmp / "logs" / "guide"), "--port", str(tb_port), "--host", "127.0.0.1"], env, tmp)
+                              str(logs), "--port", str(tb_port), "--host", "127.0.0.1"], env, tmp)
         base = f"http://127.0.0.1:{tb_port}"
-        wait_until(lambda: _all_sessions(base), 90, what="TensorBoard to load every trial")
+        trials = list(csv.DictReader(open(tmp / "results" / "guide" / "trials.csv")))
+        wait_until(_loaded(base, trials), 90, what="TensorBoard to load every trial")
         driver = _browser()
         try:
-            yield driver, base, tmp
+            yield {"driver": driver, "base": base, "tmp": tmp, "trials": trials, "killed": killed}
         finally:
             driver.quit()
 
 
-def _all_sessions(base):
-    try:
-        return len(hparams_session_groups(base)) >= TRIALS
-    except OSError:
-        return False
+def _expected_rows(trials):
+    """Row names: a completed trial's id; every other attempt its own `<id> attempt <k>` row."""
+    rows = set()
+    for t in trials:
+        attempts = int(t["attempts"])
+        completed = t["status"] == "COMPLETED"
+        rows |= {t["trial_id"]} if completed else set()
+        rows |= {f"{t['trial_id']} attempt {k}" for k in range(1, attempts + (0 if completed else 1))}
+    return rows
+
+
+def _loaded(base, trials, settle=3.0):
+    """A predicate: every trial has a row and the rows have not changed for `settle` seconds."""
+    seen = {"names": None, "since": 0.0}
+
+    def loaded():
+        try:
+            names = {g["name"] for g in hparams_session_groups(base)}
+        except OSError:
+            return False
+        if names != seen["names"]:
+            seen.update(names=names, since=time.monotonic())
+        return {n.split()[0] for n in names} >= {t["trial_id"] for t in trials} and (
+            time.monotonic() - seen["since"] >= settle)
+
+    return loaded
 
 
 def _shoot(driver, tmp, name):
@@ -125,46 +168,66 @@ def _shoot(driver, tmp, name):
     return path
 
 
-def test_hparams_views_render_every_trial(dashboard):
-    driver, base, tmp = dashboard
+def test_the_run_has_a_retried_and_a_failed_trial(dashboard):
+    by_id = {t["trial_id"]: t for t in dashboard["trials"]}
+    assert len(by_id) == TRIALS
+    retried = by_id[dashboard["killed"]]
+    assert (retried["status"], retried["worker"], retried["attempts"]) == ("COMPLETED", "worker-2", "2")
+    failed = [t for t in by_id.values() if t["status"] == "FAILED"]
+    assert failed and all("3-layer MLPs are refused" in t["message"] for t in failed)
+    assert {t["model_type"] for t in by_id.values() if t["status"] == "COMPLETED"} == {"mlp", "cnn"}
+
+
+def test_first_opening_shows_every_trial_who_ran_it_and_why_it_failed(dashboard):
+    """Items 1-3, untouched dashboard: default columns, one row per attempt, the result's row
+    from the attempt that produced it, failures with their reason; every completed trial (MLP
+    and CNN) is a parallel-coordinates line and a point in each scatter plot."""
+    driver, base, tmp, trials = dashboard["driver"], dashboard["base"], dashboard["tmp"], dashboard["trials"]
     driver.get(f"{base}/#hparams")
     wait_until(lambda: "TABLE VIEW" in driver.execute_script(TEXT).upper(), 60, what="the HParams dashboard")
-    # Show the guide's columns (TensorBoard shows the first five alphabetically by default).
-    boxes = wait_until(lambda: driver.execute_script(CHECKBOXES), 30, what="the hyperparameter filters")
-    assert SHOWN <= set(boxes), boxes
-    experiment = http_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
-    columns = {h["displayName"] or h["name"] for h in experiment["hparamInfos"]}
-    columns |= {m["displayName"] for m in experiment["metricInfos"]}
-    for label, checked in boxes.items():  # only column toggles: value and status filters stay as they are
-        if label in columns and (label in SHOWN) != checked:
-            driver.execute_script(CLICK, "PAPER-CHECKBOX", label)
-    table = wait_until(lambda: _table_lists_trials(driver), 30, what="the table to list every trial and worker")
-    assert "No hparams data" not in driver.execute_script(TEXT)
-    assert "mlp" in table and "cnn" in table
+    served = len(hparams_session_groups(base))
+    table = wait_until(lambda: (lambda t: t if t and len(t["rows"]) == served else None)(
+        driver.execute_script(TABLE)), 60, what="the table to list every session group")
+    assert set(table["hparams"]) == DEFAULT_HPARAMS and table["metrics"][0] == OBJECTIVE  # item 1
+    expected = _expected_rows(trials)
+    assert sorted(r["name"] for r in table["rows"]) == sorted(expected)  # items 2 and 3: one row per attempt
+    rows = {r["name"]: r for r in table["rows"]}
+    by_id = {t["trial_id"]: t for t in trials}
+    for trial_id, t in by_id.items():  # item 2: the result's worker is the attempt's that produced it
+        if t["status"] == "COMPLETED":
+            assert rows[trial_id]["hparams"]["worker"] == t["worker"]
+            assert rows[trial_id]["hparams"]["status"] == "completed"
+    dead = rows[f"{dashboard['killed']} attempt 1"]["hparams"]
+    assert (dead["worker"], dead["status"]) == ("worker-1", "lost") and dead["error"].startswith("no result")
+    failed = [r["hparams"] for name, r in rows.items() if by_id[name.split()[0]]["status"] == "FAILED"]
+    assert failed and all((h["status"], h["error"]) == ("failed", "ValueError: test fault: 3-layer MLPs are refused")
+                          for h in failed)
+    for text in ("lost", "failed", "3-layer MLPs are refused", "worker-1", "worker-2", "mlp", "cnn"):
+        assert text in table["text"], text  # rendered in the table, not only in its data
     time.sleep(1)  # let the columns settle before the picture
     assert _shoot(driver, tmp, SHOTS["TABLE VIEW"]).stat().st_size > 20_000
 
-    # A parallel-coordinates line needs a value on every axis, and each trial records only the
-    # hyperparameters its model used: compare one branch, as the guide's filtered view does.
-    mlp = sum(1 for g in hparams_session_groups(base) if g["hparams"]["model_type"] == "mlp")
-    assert mlp >= 3, "the seed should give several MLP trials to compare"
-    for label in ("cnn", "cnn layers", "filters 0"):
-        assert driver.execute_script(CLICK, "PAPER-CHECKBOX", label), label
+    # Drawn: a line per row with a value in every visible column; each completed trial is one.
+    visible = [("hparam", h) for h in table["hparams"]] + [("metric", m) for m in table["metrics"]]
+
+    def has(row, column):
+        kind, name = column
+        return name in row["hparams"] if kind == "hparam" else name in row["metrics"]
+
+    lines = [r["name"] for r in table["rows"] if all(has(r, c) for c in visible)]
+    assert {t["trial_id"] for t in trials if t["status"] == "COMPLETED"} <= set(lines)
     assert driver.execute_script(CLICK, "PAPER-TAB", "PARALLEL COORDINATES VIEW")
-    wait_until(lambda: driver.execute_script(COUNT, "tf-hparams-parallel-coords-plot", "g.foreground path") >= mlp,
-               30, what="one line per MLP trial in the parallel coordinates")
+    wait_until(lambda: driver.execute_script(COUNT, "tf-hparams-parallel-coords-plot", "g.foreground path")
+               == len(lines), 30, what=f"{len(lines)} lines in the parallel coordinates")
     time.sleep(1)  # the tab indicator slides
     _shoot(driver, tmp, SHOTS["PARALLEL COORDINATES VIEW"])
+    assert driver.execute_script(COUNT, "tf-hparams-parallel-coords-plot", "g.foreground path") == len(lines)
 
+    # A scatter cell per (visible column, visible metric), a point per row with both values.
+    points = sum(1 for column in visible for metric in table["metrics"] for r in table["rows"]
+                 if has(r, column) and metric in r["metrics"])
     assert driver.execute_script(CLICK, "PAPER-TAB", "SCATTER PLOT MATRIX VIEW")
-    wait_until(lambda: driver.execute_script(COUNT, "tf-hparams-scatter-plot-matrix-plot", "circle") >= mlp,
-               30, what="points in the scatter plot matrix")
+    wait_until(lambda: driver.execute_script(COUNT, "tf-hparams-scatter-plot-matrix-plot", "circle.data-marker")
+               == points, 30, what=f"{points} points in the scatter plot matrix")
     time.sleep(1)
     _shoot(driver, tmp, SHOTS["SCATTER PLOT MATRIX VIEW"])
-
-
-def _table_lists_trials(driver):
-    """The table view's own text (not the filter pane's): every trial id and both workers."""
-    text = driver.execute_script(TABLE)
-    ids = [f"{t:02d}" for t in range(TRIALS)]
-    return text if all(i in text for i in ids) and "worker-1" in text and "worker-2" in text else None

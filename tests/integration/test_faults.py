@@ -230,7 +230,8 @@ def test_failing_trials_are_retried_then_failed_with_their_message(tmp_path):
 
 
 def _assert_failed_sessions_in_tensorboard(tmp_path, env, failed_ids):
-    """Failed attempts show as failed HParams sessions; the message is in the Text tab."""
+    """Failed attempts show as failed HParams sessions, each its own row (`<trial> attempt <k>`);
+    the message is in the Text tab."""
     import sys
 
     port = free_port()
@@ -246,7 +247,7 @@ def _assert_failed_sessions_in_tensorboard(tmp_path, env, failed_ids):
             except OSError:
                 return None
             bad = {g["name"] for g in groups if any(s["status"] == "STATUS_FAILURE" for s in g["sessions"])}
-            return bad if bad == failed_ids else None
+            return bad if bad == {f"{t} attempt {k}" for t in failed_ids for k in (1, 2)} else None
 
         wait_until(failed_groups, 90, what="failed sessions in TensorBoard")
         tags = wait_until(lambda: http_json(f"{base}/data/plugin/text/tags"), 30, what="text tags")
