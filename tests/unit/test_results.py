@@ -143,34 +143,34 @@ def test_final_line_best_json_and_csv_list_the_values_the_best_model_was_built_w
 
 
 def test_best_model_saves_and_loads_without_warnings_and_reproduces_the_score(tmp_path):
-    """The chief rebuilds the best trial's model from its checkpoint (saved as KerasTuner saves
-    it, at the best epoch); the user loads best_model.keras and evaluates: same score, no
-    'Skipping variable loading for optimizer' on either side."""
+    """The chief rebuilds the best trial's model from its accepted attempt's checkpoint (saved as
+    KerasTuner saves it, at the best epoch); the user loads best_model.keras and evaluates: same
+    score, no 'Skipping variable loading for optimizer' on either side."""
     import warnings
 
     import keras
-
-    from chief.__main__ import _save_best_model
-    from shared import data, hypermodels
-
-    dataset = data.load("digits", str(tmp_path))
-    build = hypermodels.guide_build_model(dataset.input_shape, dataset.num_classes)
-    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=1)
-    oracle._set_project_dir(str(tmp_path / "state"), "p")
-    best = _trial("0", "COMPLETED", None, model_type="cnn", cnn_layers=1, filters_0=32, dropout=False)
-    os.makedirs(oracle._get_trial_dir("0"), exist_ok=True)
-    model = build(best.hyperparameters.copy())
     from keras_tuner.src.engine.tuner_utils import SaveBestEpoch  # what a Tuner's run_trial saves with
 
-    save_best = SaveBestEpoch(oracle.objective, os.path.join(oracle._get_trial_dir("0"), "checkpoint.weights.h5"))
-    history = model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
-                        epochs=2, verbose=0, callbacks=[save_best])
+    from chief.__main__ import _save_best_model
+    from shared import config, data, hypermodels, layout
+
+    settings = config.load({"KTC_STATE_DIR": str(tmp_path / "state"), "KTC_RESULTS_DIR": str(tmp_path / "results"),
+                            "KTC_LOG_DIR": str(tmp_path / "logs"), "KTC_DATA_DIR": str(tmp_path / "data"),
+                            "KTC_DATASET": "digits"}, role="chief")
+    dataset = data.load("digits", settings.data_dir)
+    build = hypermodels.guide_build_model(dataset.input_shape, dataset.num_classes)
+    best = _trial("0", "COMPLETED", None, model_type="cnn", cnn_layers=1, filters_0=32, dropout=False)
+    checkpoint = layout.checkpoint_path(settings.project_state_dir, "0", 2)
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    model = build(best.hyperparameters.copy())
+    history = model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val), epochs=2,
+                        verbose=0, callbacks=[SaveBestEpoch(kt.Objective("val_accuracy", "max"), checkpoint)])
     best.score = max(history.history["val_accuracy"])
+    os.makedirs(settings.project_results_dir, exist_ok=True)  # the chief writes trials.csv there first
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        os.makedirs(tmp_path / "results")  # the chief writes trials.csv there first
-        _save_best_model(best, oracle, build, str(tmp_path / "results"))
-        loaded = keras.models.load_model(tmp_path / "results" / "best_model.keras")
+        _save_best_model(best, 2, build, settings)
+        loaded = keras.models.load_model(os.path.join(settings.project_results_dir, "best_model.keras"))
         score = loaded.evaluate(dataset.x_val, dataset.y_val, verbose=0, return_dict=True)["accuracy"]
     assert [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)] == []
     assert score == pytest.approx(best.score, abs=1e-6)
