@@ -329,14 +329,17 @@ class TrialRecorder(keras.callbacks.Callback):
                                          start_time_secs=self._started)
         _write(os.path.join(self.log_dir, LIVE), [start])
 
-    def end(self, status: int, message: str = "") -> None:
-        """Write the final session (`status`: api_pb2.STATUS_SUCCESS or STATUS_FAILURE) once."""
+    def end(self, status: int, message: str = "", lost: bool = False) -> None:
+        """Write the final session once (`status`: api_pb2.STATUS_SUCCESS or STATUS_FAILURE;
+        `lost`: the attempt was taken away from this worker, status `lost`). If the chief already
+        closed the attempt (`mark_attempt_lost`), its word stands."""
         if self._ended:
             return
         self._ended = True
-        completed = status == api_pb2.STATUS_SUCCESS
+        completed = status == api_pb2.STATUS_SUCCESS and not lost
+        word = "completed" if completed else "lost" if lost else "failed"
         write_final_session(self.log_dir, self._values(), group_name(self.trial.trial_id, self.attempt, completed),
-                            "completed" if completed else "failed", "" if completed else short_error(message),
-                            message=message, start_time_secs=self._started)
+                            word, "" if completed else short_error(message), message=message,
+                            start_time_secs=self._started)
         if self._started is not None:
             _write(os.path.join(self.log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])

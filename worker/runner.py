@@ -160,7 +160,7 @@ class ClusterTuner(kt.Tuner):
         failed = lost or trial.status != kt.engine.trial.TrialStatus.COMPLETED
         for recorder in self._recorders.pop(trial.trial_id, []):
             recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
-                         "attempt taken away" if lost else trial.message if failed else "")
+                         "attempt taken away" if lost else trial.message if failed else "", lost=lost)
         self.oracle.used[trial.trial_id] = sorted(self._used)
         if lost:
             pass  # the client logged it once, when it learnt it

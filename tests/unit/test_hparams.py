@@ -54,7 +54,7 @@ def _epochs(log_dir, accuracies):
 
 def _run(build, root, trial, worker, attempt, accuracies, outcome, message=""):
     """One attempt as the worker records it; outcome None: the worker died mid-training;
-    "running": still training."""
+    "running": still training; "taken": the chief took it away (lease expired) from a live worker."""
     recorder = hparams.TrialRecorder(hparams.attempt_log_dir(str(root), trial.trial_id, attempt, 0), trial,
                                      worker, "CPU", _used(build, trial) if outcome != "build" else set(), attempt)
     if outcome != "build":
@@ -64,6 +64,8 @@ def _run(build, root, trial, worker, attempt, accuracies, outcome, message=""):
         recorder.end(api_pb2.STATUS_SUCCESS)
     elif outcome in ("fail", "build"):
         recorder.end(api_pb2.STATUS_FAILURE, message)
+    elif outcome == "taken":
+        recorder.end(api_pb2.STATUS_FAILURE, message, lost=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,7 @@ def board(tmp_path_factory):
         "6": _trial(space, "6", model_type="mlp"),
         "7": _trial(space, "7", model_type="mlp", units_0=128),
         "8": _trial(space, "8", model_type="cnn"),
+        "9": _trial(space, "9", model_type="mlp", dropout=True),
     }
     _run(build, root, trials["0"], "worker-1", 1, [0.5, 0.8], "ok")
     _run(build, root, trials["1"], "worker-2", 1, [0.4, 0.7], "ok")
@@ -101,6 +104,8 @@ def board(tmp_path_factory):
     assert hparams.close_earlier_attempts(str(root), "7", 2, "worker-1") == 1
     _run(build, root, trials["7"], "worker-1", 2, [0.5, 0.6], "ok")
     _run(build, root, trials["8"], "worker-1", 1, [0.4], "running")
+    _run(build, root, trials["9"], "worker-2", 1, [0.2], "taken", "attempt taken away")
+    _run(build, root, trials["9"], "worker-1", 2, [0.3, 0.5], "ok")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with processes() as start:
@@ -112,7 +117,7 @@ def board(tmp_path_factory):
                 found = hparams_session_groups(base)
             except OSError:
                 return None
-            return found if len(found) >= 11 else None
+            return found if len(found) >= 13 else None
 
         wait_until(groups, 90, what="TensorBoard to list the sessions")
         yield {"base": base, "always": always}
@@ -149,7 +154,7 @@ def test_first_opening_shows_model_type_worker_status_and_the_objective_for_ever
     drawn = [name for name, g in rows.items()
              if all(name in g["hparams"] for name in ticked) and _metric(g, "validation") is not None]
     completed = [name for name, g in rows.items() if g["hparams"]["status"] == "completed"]
-    assert sorted(completed) == ["0", "1", "2", "3", "4", "7"]
+    assert sorted(completed) == ["0", "1", "2", "3", "4", "7", "9"]
     assert set(completed) <= set(drawn)  # every MLP and CNN trial: a line, a point
     assert {rows[n]["hparams"]["model_type"] for n in completed} == {"mlp", "cnn"}
     # and each records what its model used, no more
@@ -172,7 +177,9 @@ def test_a_retried_trial_is_one_row_with_the_attempt_that_produced_the_result(bo
     # without the chief's word, the next attempt's worker closes the dead one
     assert (rows["7"]["hparams"]["worker"], _metric(rows["7"], "validation")) == ("worker-1", pytest.approx(0.6))
     assert rows["7 attempt 1"]["hparams"]["status"] == "lost" and rows["7 attempt 1"]["hparams"]["worker"] == "worker-2"
-    assert len(rows) == 11  # 9 trials, 2 dead attempts
+    taken = rows["9 attempt 1"]["hparams"]  # taken away from a live worker, which says so itself
+    assert (taken["status"], taken["error"], taken["worker"]) == ("lost", "attempt taken away", "worker-2")
+    assert len(rows) == 13  # 10 trials, 3 dead attempts
     # the placeholder sessions of ended attempts are gone from the dashboard's list
     live = [s["name"] for g in rows.values() for s in g["sessions"] if s["name"].endswith("/live")]
     assert live == ["8/execution0/live"]
