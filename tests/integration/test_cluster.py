@@ -142,7 +142,7 @@ def test_hparams_config_declares_the_whole_space(cluster):
     experiment = http_json(cluster["tb"] + "/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = {h["name"]: h for h in experiment["hparamInfos"]}
     assert set(infos) == {"model_type", "mlp_layers", "units_0", "units_1", "units_2", "dropout",
-                          "cnn_layers", "filters_0", "filters_1", "filters_2", "worker", "device"}
+                          "cnn_layers", "filters_0", "filters_1", "filters_2", "worker", "device", "status", "error"}
     assert infos["units_2"]["domainDiscrete"] == [32, 64, 96, 128]  # discrete ints, not a float range
     assert infos["mlp_layers"]["domainDiscrete"] == [1, 2, 3]
     assert infos["dropout"]["domainDiscrete"] == [False, True]
