@@ -122,7 +122,8 @@ def run(settings) -> int:
         coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
                                   on_event=progress.ProgressLog(), fsync=settings.fsync,
                                   stock_lease_seconds=settings.stock_lease_seconds,
-                                  storage_grace_seconds=settings.storage_grace_seconds)
+                                  storage_grace_seconds=settings.storage_grace_seconds,
+                                  on_attempt_lost=_attempt_lost_shower(settings))
     except (InconsistentState, JournalCorrupt) as exc:
         return _fail(1, f"KTC_PROJECT={settings.project}: {exc}")
     if oracle.trials:
@@ -218,6 +219,19 @@ def _save_best_model(best, attempt, build_model, settings) -> None:
     path = os.path.join(settings.project_results_dir, "best_model.keras")
     model.save(path)
     log.info("best model (trial %s) saved to %s", best.trial_id, path)
+
+
+def _attempt_lost_shower(settings):
+    """Close a lost attempt's sessions in TensorBoard, so its row says `lost`, not running."""
+    from shared import hparams
+
+    def show(trial_id: str, attempt: int, reason: str) -> None:
+        try:
+            hparams.mark_attempt_lost(settings.project_log_dir, trial_id, attempt, reason)
+        except OSError as exc:
+            log.warning("trial %s attempt %d: could not mark it lost in TensorBoard (%s)", trial_id, attempt, exc)
+
+    return show
 
 
 def _give_results_away(settings) -> None:

@@ -49,7 +49,8 @@ class Coordinator:
 
     def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
                  on_event=lambda coordinator: None, clock=time.monotonic, fsync: bool = False,
-                 stock_lease_seconds: float = 0.0, storage_grace_seconds: float = 300.0):
+                 stock_lease_seconds: float = 0.0, storage_grace_seconds: float = 300.0,
+                 on_attempt_lost=lambda trial_id, attempt, reason: None):
         self._lock = threading.Lock()
         self.oracle = oracle
         self.project_dir = oracle.project_dir
@@ -74,7 +75,7 @@ class Coordinator:
         self._stop_seen = False
         self._refusals_logged: set[tuple] = set()
         self._changed = threading.Condition()
-        self._on_event = on_event
+        self._on_event, self._on_attempt_lost = on_event, on_attempt_lost
         self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
         self.tally = progress.Tally.of(oracle, self.book)
         self._over = False
@@ -153,8 +154,10 @@ class Coordinator:
                           "than an epoch")
 
     def expire_leases(self) -> list[str]:
-        """Re-queue (or fail, once out of retries) the trials of workers silent past their lease;
-        also retry lines a failed commit left, and stop the search once the disk has failed too long."""
+        """Re-queue (or fail, once out of retries) the trials of workers silent past their lease,
+        calling `on_attempt_lost(trial_id, attempt, reason)` for each (outside the lock); also
+        retry lines a failed commit left, and stop the search once the disk has failed too long.
+        Returns the trial ids whose attempt was taken away."""
         expired = []
         try:
             with self._locked() as oracle:
@@ -166,7 +169,7 @@ class Coordinator:
                         message = f"LeaseExpired: {worker} silent for over {self._lease_of(worker):.0f}s"
                         trial.status, trial.message = INVALID, message
                         self._end(trial, worker, message, cause=Cause.CHIEF)
-                        expired.append(trial_id)
+                        expired.append((trial_id, self.book.runs[trial_id].attempt, message))
                         log.warning("trial %s: %s; %s", trial_id, message, "re-queued"
                                     if self.book.runs[trial_id].phase is Phase.QUEUED else "out of retries")
                 self._check_finished()
@@ -179,9 +182,11 @@ class Coordinator:
             self.finished.set()
         if silent:
             self._notify()
+        for trial_id, attempt, message in expired:  # files only: outside the lock
+            self._on_attempt_lost(trial_id, attempt, message)
         if expired:
             self._on_event(self)
-        return expired
+        return [trial_id for trial_id, _, _ in expired]
 
     def _lease_of(self, worker: str) -> float:
         run = next((r for r in self.book.running.values() if r.owner == worker), None)
@@ -344,8 +349,7 @@ class Coordinator:
 
     # -- state of the search --------------------------------------------------------
     def wait_for_stop_heard(self, timeout: float) -> list[str]:
-        """Block until every worker that asked for work was told STOPPED, or `timeout`.
-        Returns the workers still unaware (dead, or slower than the timeout)."""
+        """Block until every worker that asked for work was told STOPPED, or `timeout`; the workers still unaware."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
