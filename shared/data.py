@@ -10,7 +10,9 @@ Anything else is `module:function` returning the same tuple.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
 
 import numpy as np
 
@@ -20,6 +22,10 @@ MNIST_FILE = "mnist.npz"
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 VALIDATION_FRACTION = 0.2
+#: first and largest pause while a worker waits for the chief's download (as gRPC's reconnection)
+CACHE_POLL = (0.1, 2.0)
+
+log = logging.getLogger("ktcluster.data")
 
 
 class DataError(RuntimeError):
@@ -58,14 +64,18 @@ def _mnist_path(data_dir):
 
 
 def prepare(dataset: str, data_dir: str) -> None:
-    """Chief only: make sure the dataset is in the cache (download at most once)."""
+    """Chief only: make sure the dataset is in the cache (download at most once). The file appears
+    under its name only once it is complete and hash-checked (downloaded under another name, then
+    renamed): workers that start with the chief wait for that name (`load(..., wait=...)`)."""
     if dataset != "mnist" or os.path.exists(_mnist_path(data_dir)):
         return
     import keras
 
+    partial = MNIST_FILE + ".download"
     try:
-        keras.utils.get_file(fname=MNIST_FILE, origin=MNIST_URL, file_hash=MNIST_SHA256,
+        keras.utils.get_file(fname=partial, origin=MNIST_URL, file_hash=MNIST_SHA256,
                              cache_dir=os.path.abspath(data_dir), cache_subdir="")
+        os.replace(os.path.join(data_dir, partial), _mnist_path(data_dir))
     except Exception as exc:  # any network or hash failure ends the same way
         reason = " ".join(str(exc).split())[:160]
         raise DataError(
@@ -74,8 +84,22 @@ def prepare(dataset: str, data_dir: str) -> None:
         ) from None
 
 
-def load(dataset: str, data_dir: str) -> Dataset:
-    """Load the dataset from the cache (workers never download)."""
+def _wait_for(path: str, seconds: float) -> bool:
+    """True once `path` exists, checking with a backoff (CACHE_POLL) for at most `seconds`."""
+    deadline, pause = time.monotonic() + seconds, CACHE_POLL[0]
+    while not os.path.exists(path):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, CACHE_POLL[1])
+    return True
+
+
+def load(dataset: str, data_dir: str, wait: float = 0.0) -> Dataset:
+    """Load the dataset from the cache (workers never download). A cached dataset that is not
+    there yet (the chief, started at the same time, is still downloading it) is waited for up to
+    `wait` seconds; then DataError."""
     if dataset == "digits":
         from sklearn.datasets import load_digits
 
@@ -84,7 +108,9 @@ def load(dataset: str, data_dir: str) -> Dataset:
         return _split(x, bunch.target.astype("int64"))
     if dataset == "mnist":
         path = _mnist_path(data_dir)
-        if not os.path.exists(path):
+        if not os.path.exists(path) and wait > 0:
+            log.info("waiting up to %.0fs for the chief to download %s", wait, MNIST_FILE)
+        if not _wait_for(path, wait):
             raise DataError(f"KTC_DATASET=mnist: {path} is missing; the chief downloads it before serving trials")
         with np.load(path, allow_pickle=False) as f:
             x, y = _images(f["x_train"]), f["y_train"].astype("int64")

@@ -50,7 +50,7 @@ def main() -> int:
         log.info("%s: project %s is already finished; nothing to do", tuner_id, settings.project)
         return 0
     try:
-        dataset = data.load(settings.dataset, settings.data_dir)
+        dataset = data.load(settings.dataset, settings.data_dir, wait=settings.chief_timeout_seconds)
         build_model = hypermodels.resolve(settings.model, dataset)
         runner.run(settings, tuner_id, device, dataset, build_model)
     except (ConfigError, ImportFromStringError) as exc:

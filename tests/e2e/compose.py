@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -71,6 +72,27 @@ class Stack:
             raise AssertionError(f"docker compose {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
+
+    def attached(self, log_path, *args) -> subprocess.Popen:
+        """`docker compose up ARGS` as a user runs it (attached, output to `log_path`); the caller
+        stops it (`stop_attached`)."""
+        log = open(log_path, "w")
+        try:
+            return subprocess.Popen(["docker", "compose", "-p", self.project, "up", *args], cwd=ROOT,
+                                    env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        finally:
+            log.close()
+
+    @staticmethod
+    def stop_attached(proc: subprocess.Popen) -> int:
+        """Ctrl-C for an attached `up` (it stops the stack's containers); its exit code."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=30)
 
     def docker(self, *args, timeout=120) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True)

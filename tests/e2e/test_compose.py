@@ -92,6 +92,32 @@ def test_tensorboard_keeps_serving(stack):
     assert [c["State"] for c in running] == ["running"]
 
 
+def test_up_on_the_finished_project_reports_it_and_exits_0(stack, tmp_path):
+    """`docker compose up` again once the search is over (issue #15 item 4): the chief reports the
+    finished search and exits 0, the workers exit 0 (not "dependency failed to start", workers left
+    Created), TensorBoard serves the search; `up -d` exits 0. Runs last: it stops the stack."""
+    s, project = stack["stack"], stack["stack"].project
+    log = tmp_path / "up.log"
+    up = s.attached(log)
+    try:
+        done = [f"{name} exited with code 0" for name in ("chief-1", "worker-1", "worker-2")]
+        wait_until(lambda: all(d in log.read_text() for d in done) or up.poll() is not None, 240,
+                   what="chief and workers to exit under an attached `up`")
+        out = log.read_text()
+        assert up.poll() is None, f"`up` ended ({up.returncode}) instead of staying with TensorBoard:\n{out[-3000:]}"
+        assert all(d in out for d in done) and "dependency failed" not in out, out[-3000:]
+        assert "project e2e is already finished: reporting its results" in out
+        assert f"search finished: {MAX_TRIALS} completed, 0 failed of {MAX_TRIALS}" in out
+        assert len(wait_until(lambda: _complete(stack["tb"]), 120, what="TensorBoard")) == MAX_TRIALS
+    finally:
+        s.stop_attached(up)
+    detached = s.compose("up", "-d", check=False, timeout=300)
+    assert detached.returncode == 0, detached.stderr[-3000:]
+    codes = s.wait_exited({"chief", "worker"}, timeout=240)
+    assert set(codes.values()) == {0} and len(codes) == 3, codes
+    assert [c["State"] for c in s.containers() if c["Service"] == "tensorboard"] == ["running"], project
+
+
 def _complete(base):
     try:
         groups = hparams_session_groups(base)

@@ -35,6 +35,23 @@ def test_workers_never_download(tmp_path):
         data.load("mnist", str(tmp_path))
 
 
+def test_a_worker_started_with_the_chief_waits_for_its_download(tmp_path):
+    """Workers start with the chief (not after its health check): the file they wait for appears
+    only once the download is complete."""
+    import threading
+
+    source = tmp_path / "elsewhere.npz"
+    _fake_mnist(source)
+    timer = threading.Timer(0.5, lambda: source.replace(tmp_path / data.MNIST_FILE))
+    timer.start()
+    try:
+        assert data.load("mnist", str(tmp_path), wait=30).input_shape == (28, 28, 1)
+    finally:
+        timer.cancel()
+    with pytest.raises(DataError, match="the chief downloads it"):
+        data.load("mnist", str(tmp_path / "never"), wait=0.3)
+
+
 def test_failed_download_names_the_offline_choice(tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on: the download fails at once
         s.bind(("127.0.0.1", 0))
