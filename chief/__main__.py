@@ -132,6 +132,10 @@ def run(settings) -> int:
     try:
         coordinator.save_state()
         _write_hparams_config(settings, oracle, metrics, build_model)
+        if not coordinator.finished.is_set():  # the search as it runs, for `python -m chief status`
+            from chief.status import record_search
+
+            record_search(settings, oracle, fsync=settings.fsync)
     except OSError as exc:
         return _fail(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR")
 

@@ -76,6 +76,7 @@ class Snapshot:
     best: object | None  # the best COMPLETED trial
     space: list[str]  # hyperparameter names
     fatal: str | None = None
+    finished: bool = False  # the search is over (status: the finished marker is there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Summary:
     eta: float | None
     skipped: int = 0  # per-trial lines left out since the last progress line
     budget: float = 0.0
+    finished: bool = False  # said in place of the ETA
 
 
 class Tally:
@@ -151,7 +153,7 @@ def summary(snap: Snapshot) -> Summary:
     best = snap.best
     return Summary(completed, failed, snap.running, total, len(snap.queued), snap.objective.name,
                    None if best is None else (best.trial_id, best.score),
-                   eta(total, completed, failed, len(snap.running), mean))
+                   eta(total, completed, failed, len(snap.running), mean), finished=snap.finished)
 
 
 def summary_record(snap: Snapshot) -> dict:
@@ -169,7 +171,8 @@ def line(s: Summary) -> str:
     skipped = (f"; {s.skipped} trial start/end lines not shown (over {s.budget:g} a second, every trial "
                "is in the journal)") if s.skipped else ""
     return (f"progress: {s.completed + s.failed}/{s.total} done ({s.failed} failed{queued}), "
-            f"running [{running}], best {s.objective} {best}, ETA {_duration(s.eta)}{skipped}")
+            f"running [{running}], best {s.objective} {best}, "
+            f"{'search finished' if s.finished else 'ETA ' + _duration(s.eta)}{skipped}")
 
 
 class ProgressLog:

@@ -3,6 +3,8 @@
 Files, not RPC: the same command works on a running cluster
 (`docker compose exec chief python -m chief status`) and on a finished one
 (`docker compose run --rm chief python -m chief status`), and needs no TensorFlow.
+The search's own settings come from the project (shared.layout.SEARCH_RECORD, written by the
+chief when it starts a search), never from the environment `status` happens to run in.
 """
 
 from __future__ import annotations
@@ -13,7 +15,54 @@ import json
 import os
 
 from chief import progress, recovery
-from shared import results
+from shared import layout, results
+from shared.atomic import write_text_atomic
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRecord:
+    """What the chief searches with, as its oracle has it. `max_trials` is None for hyperband
+    (the oracle decides); `direction` is "min" or "max"."""
+
+    tuner: str
+    max_trials: int | None
+    epochs: int
+    objective: str
+    direction: str
+    dataset: str
+    model: str
+
+
+def record_search(settings, oracle, fsync: bool = True) -> SearchRecord:
+    """Chief, before it serves a search (a resumed one runs with the settings given now): write
+    the record atomically into the project's state dir, which must exist. Returns the record."""
+    record = SearchRecord(tuner=settings.tuner,
+                          max_trials=settings.max_trials if settings.tuner != "hyperband" else None,
+                          epochs=settings.epochs, objective=oracle.objective.name,
+                          direction=oracle.objective.direction, dataset=settings.dataset,
+                          model=settings.model)
+    write_text_atomic(os.path.join(settings.project_state_dir, layout.SEARCH_RECORD),
+                      json.dumps(dataclasses.asdict(record), indent=1) + "\n", fsync=fsync)
+    return record
+
+
+def read_search(project_dir: str) -> SearchRecord | None:
+    """The project's SearchRecord; None for a project from before it was written."""
+    try:
+        with open(os.path.join(project_dir, layout.SEARCH_RECORD)) as f:
+            fields = json.load(f)
+    except FileNotFoundError:
+        return None
+    return SearchRecord(**{f.name: fields[f.name] for f in dataclasses.fields(SearchRecord)})
+
+
+def _recorded_direction(states, objective: str) -> str | None:
+    """The objective's direction as KerasTuner's metrics tracker stored it in a trial's state."""
+    for state in states:
+        direction = state.get("metrics", {}).get("metrics", {}).get(objective, {}).get("direction")
+        if direction:
+            return direction
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +100,25 @@ def snapshot(settings) -> progress.Snapshot | None:
     replayed = recovery.read_project(project_dir)
     states.update(replayed.states)
     trials = [TrialRecord.of(states[t]) for t in sorted(states, key=lambda t: (len(t), t))]
-    direction = settings.objective.direction or ("min" if "loss" in settings.objective.name else "max")
+    record = read_search(project_dir)
+    finished = layout.search_finished(project_dir)
+    if record is not None:
+        objective, direction, max_trials = record.objective, record.direction, record.max_trials
+    else:  # a project from before the record: the direction its trials recorded; a finished
+        # one's total is the trials it ran
+        objective = settings.objective.name
+        direction = _recorded_direction(states.values(), objective) or settings.objective.direction
+        max_trials = None if finished or settings.tuner == "hyperband" else settings.max_trials
     done = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
-    best = (max if direction == "max" else min)(done, key=lambda t: t.score) if done else None
+    best = None
+    if done and direction in ("min", "max"):  # no direction known: no trial has a score yet
+        best = (max if direction == "max" else min)(done, key=lambda t: t.score)
     book = replayed.book
     running = {run.owner: tid for tid, run in book.running.items()}
     queued = [tid for tid, run in book.runs.items() if run.phase is recovery.Phase.QUEUED]
     space = [hp["config"]["name"] for hp in oracle["hyperparameters"]["space"]]
-    return progress.Snapshot(trials, dict(book.runs), running, queued,
-                             settings.max_trials if settings.tuner != "hyperband" else None,
-                             progress.ObjectiveInfo(settings.objective.name, direction), best, space)
+    return progress.Snapshot(trials, dict(book.runs), running, queued, max_trials,
+                             progress.ObjectiveInfo(objective, direction), best, space, finished=finished)
 
 
 def render(snap: progress.Snapshot) -> str:

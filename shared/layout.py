@@ -20,6 +20,7 @@ import os
 import re
 
 FINISHED_MARKER = "ktcluster-finished.json"  # the chief writes it when a search is over
+SEARCH_RECORD = "ktcluster-search.json"  # the chief's settings of the search (chief.status.SearchRecord)
 CHECKPOINT = "checkpoint.weights.h5"  # KerasTuner's name for Keras 3 weights
 BUILD_CONFIG = "build_config.json"  # KerasTuner's name for a model's build config
 _ATTEMPT = re.compile(r"^attempt([1-9][0-9]*)$")

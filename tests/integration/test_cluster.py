@@ -115,12 +115,13 @@ def test_status_command_reports_the_finished_cluster(cluster):
     from tests.conftest import ROOT
     from tests.procs import cluster_env as env_for
 
-    env = env_for(cluster["tmp"], free_port(), KTC_MAX_TRIALS=MAX_TRIALS)
+    env = env_for(cluster["tmp"], free_port())  # KTC_MAX_TRIALS unset: the project's own budget counts
     code = "import sys; from chief.__main__ import main; rc = main(['status']); print('TF', 'tensorflow' in sys.modules); sys.exit(rc)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"progress: {MAX_TRIALS}/{MAX_TRIALS} done (0 failed), running [none], best val_accuracy ")
+    assert lines[0].endswith(", search finished"), lines[0]  # no ETA
     assert lines[2].split()[:5] == ["trial_id", "worker", "status", "score", "seconds"]
     assert len([line for line in lines if " COMPLETED " in line]) == MAX_TRIALS
     assert lines[-1] == "TF False"  # status needs no TensorFlow
