@@ -159,25 +159,38 @@ def bench_scaling(args, report):
 
 
 def bench_optuna(args, report):
+    """The issue's measure: ktcluster from starting chief and workers together to the chief's exit,
+    Optuna from starting its two processes to their exit; ratios run by run (rounds interleaved)."""
     trials, epochs = (6, 3) if args.quick else (12, 5)
     runs = {"ktcluster": [], "optuna": [], "ray": []}
     for _ in range(args.repeats):  # interleaved, so drift on the machine hits all alike
         runs["ktcluster"].append(cluster.ktcluster(2, trials, epochs))
         runs["optuna"].append(cluster.optuna_run(2, trials, epochs))
-        runs["ray"].append(cluster.ray_run(2, trials, epochs))
+        if not args.no_ray:
+            runs["ray"].append(cluster.ray_run(2, trials, epochs))
     if runs["optuna"][0] is None:
         print("  optuna is not installed (pip install -r benchmarks/requirements.txt)")
         return
+    ours = runs["ktcluster"]
+    print(f"  2 workers, {trials} trials x {epochs} epochs (median (min..max) of {args.repeats}): ktcluster to the "
+          f"chief's exit {_fmt(throughput.spread([r['chief_exit'] for r in ours]))} s, all exited "
+          f"{_fmt(throughput.spread([r['wall'] for r in ours]))} s, first trial at "
+          f"{_fmt(throughput.spread([r['to_first_trial'] for r in ours]))} s", flush=True)
     ratios = {}
-    for key in ("wall", "search"):
-        ours = _median(runs["ktcluster"], key)
-        line = f"  2 workers, {trials} trials x {epochs} epochs, {key}: ktcluster {ours:.1f} s"
-        for rival in ("optuna", "ray"):
-            if runs[rival][0] is not None:
-                theirs = _median(runs[rival], key)
-                ratios[f"{rival}_{key}"] = ours / theirs
-                line += f", {rival} {theirs:.1f} s (ktcluster/{rival} = {ours / theirs:.2f})"
-        print(line, flush=True)
+    for rival in ("optuna", "ray"):
+        theirs = runs[rival]
+        if not theirs or theirs[0] is None:
+            continue
+        pairs = list(zip(ours, theirs))
+        ratios[rival] = {"wall": _ratios(pairs, lambda r: r.get("chief_exit", r["wall"])),
+                         "search": _ratios(pairs, lambda r: r["search"])}
+        first = f", first trial at {_fmt(throughput.spread([r['to_first_trial'] for r in theirs]))} s" \
+            if "to_first_trial" in theirs[0] else ""
+        print(f"  {rival}: all exited {_fmt(throughput.spread([r['wall'] for r in theirs]))} s{first}; "
+              f"search {_fmt(throughput.spread([r['search'] for r in theirs]))} s (ktcluster "
+              f"{_fmt(throughput.spread([r['search'] for r in ours]))} s)", flush=True)
+        print(f"  -> ktcluster / {rival}, run by run: wall x{_fmt(ratios[rival]['wall'], digits=2)}, "
+              f"search x{_fmt(ratios[rival]['search'], digits=2)}", flush=True)
     report["optuna"] = {**runs, "trials": trials, "epochs": epochs, "ratios": ratios}
 
 
@@ -216,12 +229,19 @@ def bench_idle(args, report):
 
 
 def bench_docker(args, report):
-    r = cluster.startup_docker(args.repeats)
+    from benchmarks import docker_startup
+
+    r = docker_startup.run(args.repeats, cold_cache=args.cold_cache)
     if r is None:
         print("  Docker with Compose v2 is not available (.ci/provision-docker.sh): skipped")
         return
-    v = statistics.median(r["to_first_trial"])
-    print(f"  docker compose up -d (image built) to first trial running {v:.1f} s", flush=True)
+    cold = "cold (page cache dropped, nothing of the stack left)" if r["cold_cache_dropped"] else \
+        "cold (nothing of the stack left; page cache NOT dropped: --cold-cache needs root)"
+    for kind, label in (("cold", cold), ("warm", "warm (again, fresh volumes)")):
+        runs = r[kind]
+        print(f"  docker compose up -d, 2 workers, digits, {label}: oracle serving at "
+              f"{_fmt(throughput.spread([x['to_serving'] for x in runs]))} s, first trial at "
+              f"{_fmt(throughput.spread([x['to_first_trial'] for x in runs]))} s", flush=True)
     report["docker_startup"] = r
 
 
@@ -230,6 +250,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (median); default 3, quick 1")
     parser.add_argument("--only", nargs="*", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--cold-cache", action="store_true", help="docker: drop the kernel's page cache before "
+                        "each cold run (root; slows every process on the machine for a moment)")
+    parser.add_argument("--no-ray", action="store_true", help="optuna: leave Ray Tune out of the rounds")
     parser.add_argument("--baseline", metavar="CHECKOUT", help="throughput: also run the chief of another "
                         "checkout (e.g. `git worktree add /tmp/base <commit>`) in the same rounds, and compare")
     args = parser.parse_args()

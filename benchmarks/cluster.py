@@ -30,9 +30,12 @@ def _env(tmp: str, **settings) -> dict:
     return cluster_env(pathlib.Path(tmp), free_port(), **{**defaults, **settings})
 
 
-def _run(procs: list[list[str]], envs: list[dict], logs: str, timeout: float = 600) -> tuple[float, list[str]]:
+def _run(procs: list[list[str]], envs: list[dict], logs: str, timeout: float = 600,
+         ends: list | None = None) -> tuple[float, list[str]]:
     """Start all, wait for all (each within `timeout`); wall seconds and each one's stdout.
-    Every process is killed by PID on the way out if it is still running."""
+    `ends`, if given, receives the seconds from the start to each process's exit (exact for the
+    first process, which is waited for first; at most the others' exit times). Every process is
+    killed by PID on the way out if it is still running."""
     started = time.monotonic()
     children, paths = [], []
     try:
@@ -43,6 +46,8 @@ def _run(procs: list[list[str]], envs: list[dict], logs: str, timeout: float = 6
         deadline = started + timeout
         for child, path in zip(children, paths):
             code = child.wait(timeout=max(deadline - time.monotonic(), 1))
+            if ends is not None:
+                ends.append(time.monotonic() - started)
             if code != 0:
                 tail = pathlib.Path(path).read_text()[-2000:]
                 raise RuntimeError(f"{' '.join(child.args[1:3])} exited {code}:\n{tail}")
@@ -61,20 +66,23 @@ def _journal(tmp: str) -> list[dict]:
 
 
 def ktcluster(workers: int, trials: int, epochs: int) -> dict:
-    """Wall (chief and workers started together -> all exited) and search time (first trial start
-    -> last result, from the chief's journal)."""
+    """Wall (chief and workers started together -> all exited), to the chief's exit, the search
+    (first trial start -> last result, from the chief's journal) and the start-up (processes
+    started -> first trial started)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(tmp, KTC_MAX_TRIALS=trials, KTC_EPOCHS=epochs)
         cmds = [[PY, "-m", "chief"]] + [[PY, "-m", "worker"]] * workers
         envs = [env] + [{**env, "KERASTUNER_TUNER_ID": f"worker-{n + 1}"} for n in range(workers)]
-        wall, _ = _run(cmds, envs, tmp)
+        ends_at: list[float] = []
+        t0 = time.time()
+        wall, _ = _run(cmds, envs, tmp, ends=ends_at)
         events = _journal(tmp)
     starts = [e["t"] for e in events if e["event"] == "start"]
-    ends = [e for e in events if e["event"] == "end"]
-    if len(ends) != trials or any(e["status"] != "COMPLETED" for e in ends):
-        raise RuntimeError(f"ktcluster run ended {len(ends)} of {trials} trials: {ends[-1:]}")
-    return {"wall": wall, "search": max(e["t"] for e in ends) - min(starts),
-            "trial_seconds": statistics.median(e["seconds"] for e in ends)}
+    finals = [e for e in events if e["event"] == "end"]
+    if len(finals) != trials or any(e["status"] != "COMPLETED" for e in finals):
+        raise RuntimeError(f"ktcluster run ended {len(finals)} of {trials} trials: {finals[-1:]}")
+    return {"wall": wall, "chief_exit": ends_at[0], "search": max(e["t"] for e in finals) - min(starts),
+            "to_first_trial": min(starts) - t0, "trial_seconds": statistics.median(e["seconds"] for e in finals)}
 
 
 def plain(processes: int, trials: int, epochs: int) -> dict:
@@ -101,13 +109,15 @@ def optuna_run(workers: int, trials: int, epochs: int) -> dict | None:
         optuna.create_study(study_name="bench", storage=storage, direction="maximize")
         per = even_split(trials, workers)
         env = _env(tmp)
+        t0 = time.time()
         wall, _ = _run([[PY, "-m", "benchmarks.optuna_worker", journal, str(n), str(epochs)] for n in per],
                        [env] * workers, tmp)
         done = optuna.load_study(study_name="bench", storage=storage).trials
     if len(done) != trials or any(t.state != optuna.trial.TrialState.COMPLETE for t in done):
         raise RuntimeError(f"Optuna run: {len(done)} of {trials} trials, states {[t.state.name for t in done]}")
     search = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
-    return {"wall": wall, "search": search.total_seconds()}
+    first = min(t.datetime_start for t in done).timestamp()  # naive local time, as Optuna records it
+    return {"wall": wall, "search": search.total_seconds(), "to_first_trial": first - t0}
 
 
 def ray_run(workers: int, trials: int, epochs: int) -> dict | None:
@@ -195,29 +205,3 @@ def idle(window: float = 10.0) -> dict:
         time.sleep(1)
         out["worker_percent"] = _cpu_percent(worker.pid, window)
     return out
-
-
-def startup_docker(repeats: int) -> dict | None:
-    """`docker compose up -d` (image already built) to the first trial running, digits, 1 worker.
-    Opt-in (`--only docker`): needs a running Docker engine with Compose v2."""
-    from tests.e2e.compose import docker_available, new_stack
-    from tests.procs import wait_until
-
-    if not docker_available():
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = new_stack("ktcbench", pathlib.Path(tmp), KTC_DATASET="digits", KTC_MAX_TRIALS=2, KTC_EPOCHS=1,
-                          KTC_PROJECT="start")
-        try:
-            stack.ensure_image()
-            times = []
-            for _ in range(repeats):
-                started = time.monotonic()
-                stack.compose("up", "-d", "--scale", "worker=1", timeout=300)
-                wait_until(lambda: "-> worker-1 (attempt 1)" in stack.logs("chief"), 120, interval=0.2,
-                           what="the first trial")
-                times.append(time.monotonic() - started)
-                stack.compose("down", "-v", "--timeout", "5", timeout=120)
-        finally:
-            stack.close()
-    return {"to_first_trial": times}
