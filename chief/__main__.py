@@ -279,5 +279,15 @@ def main(argv=None) -> int:
     return run(settings)
 
 
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: every file is written and closed by now, and
+    tearing down TensorFlow's modules and heap only frees memory the OS takes back anyway (it
+    held the chief's exit, the end of a search, for ~0.5-2 s). Logs and output are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
