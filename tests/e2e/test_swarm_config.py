@@ -89,3 +89,10 @@ def test_tls_variant_gives_each_role_only_its_own_key():
     for role in ("chief", "worker"):
         assert stack[role]["environment"]["KTC_TLS_DIR"] == "/run/secrets/ktc-tls"
     assert "KTC_TLS_DIR" not in services("stack.yaml")["chief"]["environment"]  # never a host path
+
+
+def test_chief_health_is_a_cheap_port_check():
+    """Swarm adds the chief to DNS only once healthy: its check must not import TensorFlow."""
+    test = services("stack.yaml")["chief"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "socket.create_connection" in test[3]
+    assert "KERASTUNER_ORACLE_PORT" in test[3]
