@@ -81,6 +81,7 @@ class Engine:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"test dockerd did not come up; {LOG}:\n{open(LOG).read()[-3000:]}")
             time.sleep(1)
+        self.docker("swarm", "leave", "--force", check=False)  # swarm state a crashed run left on disk
         self.docker("swarm", "init", "--advertise-addr", NODE_IP)
 
     def load_image(self, image: str) -> None:
