@@ -65,6 +65,7 @@ NOT_PROCESS_SETTINGS: dict[str, str] = {
     "KTC_TENSORFLOW": "compose: TensorFlow requirement of the image build",
     "KTC_IMAGE_TAG": "compose: tag of the ktcluster image",
     "KTC_COMPOSE_PROJECT": "compose: the Compose project name",
+    "KTC_IMAGE": "swarm: image repository of stack.yaml (a registry's name on several nodes)",
     # Read by the test suite and CI only; they are exported to the processes tests start.
     "KTC_E2E_REQUIRED": "tests: Docker must be usable (.ci/run)",
     "KTC_BROWSER_REQUIRED": "tests: a browser must be usable (.ci/run)",

@@ -43,3 +43,67 @@ def test_use_device_falls_back_to_cpu_here():
     from shared.devices import use_device
 
     assert use_device("worker-1", 1, {}, gpus=[]) == "CPU"
+
+
+# -- a GPU Swarm reserved for the task (generic resource of kind GPU) --------------------------
+
+from shared import devices  # noqa: E402
+
+UUID = "GPU-7af7a99b-1c2d-3e4f-5a6b-7c8d9e0f1a2b"
+
+
+def test_no_swarm_resource_means_the_replica_rule():
+    assert devices.swarm_gpu({}) is None and devices.swarm_gpu({"DOCKER_RESOURCE_GPU": " "}) is None
+
+
+@pytest.mark.parametrize("env,nodes,set_visible", [
+    ({"DOCKER_RESOURCE_GPU": UUID}, [], UUID),  # every GPU visible: narrow to the UUID
+    ({"DOCKER_RESOURCE_GPU": "2"}, [0, 1, 2, 3], "2"),  # every GPU visible: narrow to the index
+    ({"DOCKER_RESOURCE_NVIDIA-GPU": UUID}, [], UUID),  # the kind NVIDIA's guides declare
+    ({"DOCKER_RESOURCE_GPU": UUID, "NVIDIA_VISIBLE_DEVICES": UUID}, [3], None),  # runtime narrowed
+    ({"DOCKER_RESOURCE_GPU": "1", "CUDA_VISIBLE_DEVICES": "1"}, [0, 1], None),  # already set
+    ({"DOCKER_RESOURCE_GPU": "2"}, [2], None),  # the only device node is that GPU: narrowed
+    ({"DOCKER_RESOURCE_GPU": "2", "NVIDIA_VISIBLE_DEVICES": "all"}, [0, 1, 2], "2"),
+    ({"DOCKER_RESOURCE_GPU": UUID, "CUDA_VISIBLE_DEVICES": "0"}, [], UUID),  # another value: ours wins
+])
+def test_swarm_gpu_narrows_the_view_to_exactly_the_given_gpu(env, nodes, set_visible):
+    given = devices.swarm_gpu(env, nodes)
+    assert given.value == env.get("DOCKER_RESOURCE_GPU", env.get("DOCKER_RESOURCE_NVIDIA-GPU"))
+    assert given.set_visible == set_visible
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"DOCKER_RESOURCE_GPU": f"{UUID},GPU-other"}, "DOCKER_RESOURCE_GPU=.* names 2 GPUs; a worker trains on one"),
+    ({"DOCKER_RESOURCE_GPU": "0", "DOCKER_RESOURCE_NVIDIA-GPU": "1"}, "both DOCKER_RESOURCE_GPU and"),
+    ({"DOCKER_RESOURCE_GPU": "-1"}, "expected a GPU UUID"),
+])
+def test_swarm_gpu_bad_values_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        devices.swarm_gpu(env)
+
+
+def test_given_gpu_is_the_one_visible_gpu():
+    choice = devices.choose_given_gpu(devices.swarm_gpu({"DOCKER_RESOURCE_GPU": UUID}), 1, nvidia_runtime=True)
+    assert choice.index == 0 and UUID in choice.reason
+
+
+def test_given_gpu_without_nvidia_runtime_trains_on_cpu_and_says_why():
+    given = devices.swarm_gpu({"DOCKER_RESOURCE_GPU": "fake-gpu-1"})
+    choice = devices.choose_given_gpu(given, 0, nvidia_runtime=False)
+    assert choice.index is None and "DOCKER_RESOURCE_GPU=fake-gpu-1" in choice.reason
+    assert "default runtime" in choice.reason
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_given_gpu_that_matches_no_single_visible_gpu_is_an_error(count):
+    with pytest.raises(ValueError, match="DOCKER_RESOURCE_GPU=7: TensorFlow sees"):
+        devices.choose_given_gpu(devices.swarm_gpu({"DOCKER_RESOURCE_GPU": "7"}), count, nvidia_runtime=True)
+
+
+def test_use_device_sets_cuda_visible_devices_to_the_given_gpu():
+    from shared.devices import use_device
+
+    env = {"DOCKER_RESOURCE_GPU": "fake-gpu-1"}
+    description = use_device("worker-2", 2, {"worker-2": 0}, gpus=[], env=env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "fake-gpu-1"
+    assert description == "CPU [CUDA_VISIBLE_DEVICES=fake-gpu-1]"

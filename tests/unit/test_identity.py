@@ -63,3 +63,30 @@ def test_a_bad_completion_index_is_a_one_line_error(bad):
     with pytest.raises(ConfigError) as err:
         identity.kubernetes_replica({"JOB_COMPLETION_INDEX": bad})
     assert str(err.value).startswith("JOB_COMPLETION_INDEX=")
+
+
+SWARM_PTR = "ktc_worker.3.x5k2m9q0w1e2r3t4y5u6i7o8p.ktc_default."
+
+
+@pytest.mark.parametrize("name,slot", [
+    (SWARM_PTR, 3),
+    ("my-stack_worker.12.abcdefghijklmnopqrstuvwxy.my-stack_default", 12),
+    ("ktcluster-worker-3.ktcluster_default.", None),  # a Compose name
+    ("ktc_worker.l2m3n4o5p6q7r8s9t0u1v2w3x.x5k2m9q0w1e2r3t4y5u6i7o8p.ktc_default.", None),  # global mode: node id
+    ("ktc_worker.0.x5k2m9q0w1e2r3t4y5u6i7o8p.ktc_default.", None),
+    ("ktc_worker.3.short.ktc_default.", None),
+    ("4f1c2d3e4b5a", None),
+    ("", None),
+])
+def test_swarm_slot_from_task_dns_name(name, slot):
+    assert identity.swarm_slot(name) == slot
+
+
+def test_swarm_task_gives_worker_slot_not_host_and_pid():
+    assert identity.worker_id("", lookup=lambda: SWARM_PTR, pid=4242) == "worker-3"
+
+
+def test_swarm_slot_template_value_is_taken_as_is():
+    # The stack passes KERASTUNER_TUNER_ID: "worker-{{.Task.Slot}}"; Swarm expands it per task.
+    assert identity.worker_id("worker-2", lookup=lambda: SWARM_PTR) == "worker-2"
+    assert identity.replica_of("worker-2") == 2
