@@ -23,6 +23,7 @@ from tests.e2e.compose import REQUIRED, new_stack
 from tests.procs import free_port, http_json, wait_until
 
 MAX_TRIALS = 10
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 TLS_TRIALS = 4
 SETTINGS = dict(KTC_DATASET="digits", KTC_EPOCHS=30, KTC_SEED=3, KTC_TF_THREADS=1, KTC_STOP_GRACE_SECONDS=10,
                 KTC_LEASE_SECONDS=8, KTC_HEARTBEAT_SECONDS=1, KTC_CHIEF_TIMEOUT_SECONDS=600, KTC_WORKERS=2)
@@ -204,10 +205,18 @@ def test_every_trial_once_and_completed(searched):
     assert {r["status"] for r in rows} == {"COMPLETED"}
 
 
+def _first_time(log: str, text: str) -> str | None:
+    """The earliest timestamp of a log line holding `text` (`docker service logs` gives each
+    task's lines in a block, the rescheduled chief's possibly before the killed one's)."""
+    times = [line[:23] for line in log.splitlines() if text in line and TIMESTAMP.match(line)]
+    return min(times) if times else None
+
+
 def test_workers_are_worker_slot_and_the_scaled_one_joined_mid_search(searched):
     log = searched["chief_log"]
     joined = searched["joined"]
-    assert f"{joined} registered" in log and log.index(f"{joined} registered") < log.index("search finished")
+    registered, finished = _first_time(log, f"{joined} registered"), _first_time(log, "search finished")
+    assert registered and finished and registered < finished, (registered, finished)
     assert all(re.fullmatch(r"worker-[1-4]", r["worker"]) for r in searched["trials"])
 
 
