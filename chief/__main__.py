@@ -26,20 +26,14 @@ def _fail(code: int, message: str) -> int:
 
 def health(settings) -> int:
     """0 once the oracle accepts gRPC connections (over TLS with KTC_TLS_DIR), else 1 (within 3 s).
-    Imports gRPC only (chief.server.wait_ready's check, without chief.server's imports): Compose
-    runs it every few seconds, also while the chief starts, and importing the oracle's modules
-    (KerasTuner, so TensorFlow) there cost CPU seconds per probe, taken from the chief and workers."""
-    import grpc
-
+    Imports gRPC only (shared.tls.wait_ready): Compose runs it every few seconds, also while the
+    chief starts, and importing the oracle's modules (KerasTuner, so TensorFlow) there cost CPU
+    seconds per probe, taken from the chief and workers."""
     from shared import tls
 
     address = f"{'127.0.0.1' if settings.oracle_ip in ('0.0.0.0', '::') else settings.oracle_ip}:{settings.oracle_port}"
     try:
-        with tls.channel(address, settings.tls_dir, role="chief") as channel:
-            grpc.channel_ready_future(channel).result(timeout=3)
-            return 0
-    except grpc.FutureTimeoutError:
-        return 1
+        return 0 if tls.wait_ready(address, timeout=3, tls_dir=settings.tls_dir) else 1
     except ConfigError as exc:  # an unusable KTC_TLS_DIR
         return _fail(2, str(exc))
 

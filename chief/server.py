@@ -216,14 +216,3 @@ def serve(server, coordinator) -> None:
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     server.start()
-
-
-def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:
-    """True once something accepts gRPC connections at `address` (health checks, tests); with
-    `tls_dir`, over mutual TLS presenting the chief's own certificate (TLSError if unusable)."""
-    with tls.channel(address, tls_dir, role="chief") as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-            return True
-        except grpc.FutureTimeoutError:
-            return False

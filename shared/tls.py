@@ -142,6 +142,20 @@ def channel(address: str, tls_dir: str, role: str = "worker", options=()):
                                options=[*options, ("grpc.ssl_target_name_override", CHIEF_NAME)])
 
 
+def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:
+    """True once something accepts gRPC connections at `address` within `timeout` seconds (the
+    chief's health check, tests); with `tls_dir`, over mutual TLS presenting the chief's own
+    certificate (TLSError if unusable). Imports gRPC only."""
+    import grpc
+
+    with channel(address, tls_dir, role="chief") as ready:
+        try:
+            grpc.channel_ready_future(ready).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+
 def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
     """Write a new CA, chief and worker set into `folder` (created if needed; keys mode 0600).
     Refuses (TLSError) if any of the files exists: a new CA would orphan the old certificates.

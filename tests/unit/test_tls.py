@@ -17,7 +17,8 @@ from keras_tuner.src.distribute import oracle_client as stock_client
 
 from chief.coordinator import Coordinator
 from chief.oracle import cluster_oracle
-from chief.server import bind, serve, wait_ready
+from chief.server import bind, serve
+from shared.tls import wait_ready
 from shared import tls
 from shared.config import ConfigError
 from worker.client import OracleClient
