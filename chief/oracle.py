@@ -28,7 +28,6 @@ import math
 import os
 import threading
 
-from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
@@ -219,6 +218,3 @@ def cluster_oracle(cls: type, **kwargs):
     """An instance of `cluster_class(cls)` built with the stock constructor's arguments."""
     return cluster_class(cls)(**kwargs)
 
-
-def space_from_proto(proto):
-    return hp_module.HyperParameters.from_proto(proto)

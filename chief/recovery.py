@@ -13,8 +13,6 @@ import os
 from chief.journal import JOURNAL, Event, JournalCorrupt, read_lines
 from chief.trials import Cause, Phase, Refused, TrialBook
 
-__all__ = ["Phase", "InconsistentState", "Replayed", "replay", "read_project", "outcome_status"]
-
 RETRY = "RETRY"  # an end line's status when the trial went back to the queue
 
 

@@ -15,6 +15,7 @@ import json
 import os
 
 from chief import progress, recovery
+from chief.trials import Phase
 from shared import layout, results
 from shared.atomic import write_text_atomic
 
@@ -115,7 +116,7 @@ def snapshot(settings) -> progress.Snapshot | None:
         best = (max if direction == "max" else min)(done, key=lambda t: t.score)
     book = replayed.book
     running = {run.owner: tid for tid, run in book.running.items()}
-    queued = [tid for tid, run in book.runs.items() if run.phase is recovery.Phase.QUEUED]
+    queued = [tid for tid, run in book.runs.items() if run.phase is Phase.QUEUED]
     space = [hp["config"]["name"] for hp in oracle["hyperparameters"]["space"]]
     return progress.Snapshot(trials, dict(book.runs), running, queued, max_trials,
                              progress.ObjectiveInfo(objective, direction), best, space, finished=finished)
