@@ -65,10 +65,9 @@ class Coordinator:
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock,
                              stock_lease_seconds=stock_lease_seconds)
         self.heartbeat_seconds = heartbeat_seconds
-        for worker, trial_id in restored.items():
+        self._kept = restored  # worker -> the trial it ran before a restart
+        for worker in restored:
             self.leases.grant(worker)
-            log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
-                     trial_id, worker, lease_seconds)
         self.finished = threading.Event()
         self.fatal: str | None = None
         self.stopped_workers: set[str] = set()
@@ -122,6 +121,17 @@ class Coordinator:
             self.faults.failed("journal", exc)
             raise
         self.faults.succeeded("journal")
+
+    def serving(self) -> None:
+        """Call once the server answers: the trials kept for their workers across a restart are
+        kept for one lease from now, not from when start-up began (on a busy machine start-up
+        can take longer than a lease, which would lose them before any worker could call)."""
+        with self._lock:
+            unclaimed = set(self.leases.restart_granted())
+        for worker, trial_id in self._kept.items():
+            if worker in unclaimed:
+                log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
+                         trial_id, worker, self.leases.lease_seconds)
 
     # -- workers: identity and liveness ----------------------------------------------
     def register(self, worker: str, instance: str, info: str = "") -> dict:

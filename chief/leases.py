@@ -79,6 +79,14 @@ class Leases:
         """A restarted chief gives previous trial owners a fresh lease to come back within."""
         self._holders.setdefault(worker, _Holder(None, self.clock()))
 
+    def restart_granted(self) -> list[str]:
+        """The chief now answers: every lease granted at the restart and not yet claimed runs
+        from now (start-up work before serving must not use it up). Returns those worker ids."""
+        unclaimed = [w for w, h in self._holders.items() if h.instance is None]
+        for worker in unclaimed:
+            self._holders[worker].seen, self._holders[worker].deaf = self.clock(), 0.0
+        return unclaimed
+
     def deaf(self, seconds: float) -> None:
         """The chief could not hear heartbeats for `seconds` (they waited behind a long oracle
         call): no lease runs out for that time. Presence still does: a process that died meanwhile

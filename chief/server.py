@@ -205,14 +205,13 @@ def bind(address: str, max_workers: int = 2, tls_dir: str = ""):
 
 
 def serve(server, coordinator) -> None:
-    """Start serving. Everything alive by now (TensorFlow, Keras, the dataset, the oracle) is
-    moved out of the garbage collector's reach first (`gc.freeze`): a full collection over
-    TensorFlow's heap takes ~0.2 s, and every request waits for it (p99 238 -> 58 ms at 64
-    workers). Young collections then run every 10,000 allocations instead of 700: most of a
-    request's objects die by reference count long before that, so far fewer collections run
-    (~+15% trials/s at 64 workers)."""
+    """Start serving, then tell the coordinator (`serving`: leases kept across a restart run
+    from now). What is alive by now (TensorFlow, Keras, the dataset, the oracle) is moved out of
+    the garbage collector's reach first (`gc.freeze`) and young collections run every 10,000
+    allocations: full collections over TensorFlow's heap would stall every request."""
     service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
     server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator)),))
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     server.start()
+    coordinator.serving()

@@ -244,6 +244,27 @@ def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_pat
     restarted.close()
 
 
+def test_restart_keeps_a_trial_for_one_lease_from_when_it_serves_not_from_start_up(tmp_path, caplog):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.register("w1", "w1")
+    running, _ = c.create_trial("w1", me("w1"))
+    c.close()  # the chief stops (or is killed) while w1 trains
+    restarted = restart(tmp_path, clock)
+    clock.now += 30  # start-up work before serving (the dataset, a model dry run) took longer than a lease
+    caplog.set_level(logging.INFO, logger="ktcluster.chief")
+    restarted.serving()
+    assert f"trial {running.trial_id} was running on w1 before the restart: kept for it for 10s" in caplog.text
+    clock.now += 9
+    assert restarted.expire_leases() == []
+    assert restarted.heartbeat("w1", "w1-new")["ok"] is True  # claimed by the worker's new call
+    clock.now += 9
+    assert restarted.expire_leases() == []
+    clock.now += 2
+    assert restarted.expire_leases() == [running.trial_id]  # silent for a whole lease since it spoke
+    restarted.close()
+
+
 def test_restart_on_finished_project_is_finished_at_once(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock, max_trials=1)
