@@ -52,6 +52,13 @@ RETRY_BACKOFF = (0.5, 5.0)  # first and largest pause between calls that found n
 # ~1 s after a quick chief came up, and for minutes after a slow one (a first MNIST download).
 # A refused connection costs next to nothing, so retry from 0.1 s, growing to 2 s.
 RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+# A chief that Swarm or Kubernetes reschedules comes back under the same name at a new address,
+# and its name does not resolve in between. After failed lookups gRPC backs off (up to 2 minutes)
+# and ignores requests to look again: a channel that saw the name fail for 30 s found the chief
+# 13 s after it was back, past the lease the restarted chief keeps a trial for; and a channel
+# still connecting to the old address waits for that attempt to time out. So a chief that did not
+# answer is dialled anew (a fresh lookup and connection), at most this often, seconds:
+REDIAL_SECONDS = 2.0
 
 
 class ChiefUnreachable(kt_errors.FatalError):
@@ -91,10 +98,9 @@ class OracleClient(oracle_client.OracleClient):
     def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str,
                  tls_dir: str = ""):
         self._oracle = local_oracle  # for objective & co. only; never asked for trials
-        self._channel = tls.channel(address, tls_dir, options=RECONNECT)  # TLSError if KTC_TLS_DIR is unusable
-        self.stub = protos.get_service_grpc().OracleStub(self._channel)
-        self.cluster = rpc.ClusterStub(self._channel)
-        self.address, self.tuner_id, self.timeout = address, tuner_id, timeout
+        self.address, self.tuner_id, self.timeout, self._tls_dir = address, tuner_id, timeout, tls_dir
+        self._dial_lock = threading.Lock()
+        self._dial()  # TLSError if KTC_TLS_DIR is unusable
         self.project_state_dir = project_state_dir
         self.instance = uuid.uuid4().hex
         self.multi_worker, self.should_report = False, True
@@ -142,16 +148,33 @@ class OracleClient(oracle_client.OracleClient):
     def max_trials(self):
         return self._oracle.max_trials
 
-    def _call(self, method, request, metadata=()):
-        """One RPC, retried across a chief outage for at most `timeout` seconds in all."""
+    def _dial(self) -> None:
+        """A new channel to the chief (a fresh name lookup) and its stubs. The channel it
+        replaces is not closed: that would cancel calls in flight on it; it closes once unused."""
+        channel = tls.channel(self.address, self._tls_dir, options=RECONNECT)
+        self._channel, self._dialled = channel, time.monotonic()
+        self.stub, self.cluster = protos.get_service_grpc().OracleStub(channel), rpc.ClusterStub(channel)
+
+    def _redial(self) -> None:
+        """The chief was unreachable: dial anew, unless that was done under REDIAL_SECONDS ago."""
+        with self._dial_lock:
+            if time.monotonic() - self._dialled >= REDIAL_SECONDS:
+                self._dial()
+
+    def _method(self, name: str):
+        return getattr(self.cluster, name) if name in rpc.METHODS else getattr(self.stub, name)
+
+    def _call(self, name: str, request, metadata=()):
+        """RPC `name` (of KerasTuner's Oracle service or ours), retried across a chief outage for
+        at most `timeout` seconds in all."""
         deadline = time.monotonic() + self.timeout
         pause = RETRY_BACKOFF[0]
         while True:
             left = deadline - time.monotonic()
             try:  # not wait_for_ready: a chief that is down answers UNAVAILABLE at once, so the
                 # finished marker is looked at between tries (the pause below ends on connection)
-                return method.with_call(request, timeout=max(left, 0.001),
-                                        metadata=self._metadata + tuple(metadata))
+                return self._method(name).with_call(request, timeout=max(left, 0.001),
+                                                    metadata=self._metadata + tuple(metadata))
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.ALREADY_EXISTS:
@@ -167,10 +190,12 @@ class OracleClient(oracle_client.OracleClient):
                         f"chief at {self.address} unreachable for {self.timeout:.0f}s "
                         "(KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started") from None
                 log.warning("%s: chief unreachable (%s), retrying", self.tuner_id, code.name)
+                self._redial()
+                ready = grpc.channel_ready_future(self._channel)
                 try:
-                    grpc.channel_ready_future(self._channel).result(timeout=pause)
+                    ready.result(timeout=pause)
                 except grpc.FutureTimeoutError:
-                    pass
+                    ready.cancel()  # else it keeps watching (and holding) the channel
                 pause = min(pause * 2, RETRY_BACKOFF[1])
 
     # -- ktcluster's service ------------------------------------------------------------
@@ -182,7 +207,7 @@ class OracleClient(oracle_client.OracleClient):
         give_up = time.monotonic() + claim_seconds
         while True:
             try:
-                reply, _ = self._call(self.cluster.Register, request)
+                reply, _ = self._call("Register", request)
                 break
             except DuplicateWorkerId:
                 if time.monotonic() >= give_up:
@@ -195,16 +220,25 @@ class OracleClient(oracle_client.OracleClient):
         return reply
 
     def _beat(self):
+        """Heartbeats until close(). An outage is logged when it starts and when it ends; the
+        main thread's calls decide when to give up on the chief."""
         request = {"worker": self.tuner_id, "instance": self.instance}
+        unheard_since = None
         while not self._stopping.wait(self.heartbeat_seconds):
             sent = time.monotonic()
             try:
                 reply, _ = self.cluster.Heartbeat.with_call(request, timeout=self.heartbeat_seconds)
-            except grpc.RpcError as exc:  # an outage: the main thread's calls decide when to give up
-                log.debug("heartbeat failed: %s", exc.code())
+            except grpc.RpcError as exc:
+                if unheard_since is None:
+                    unheard_since = sent
+                    log.warning("%s: heartbeat unanswered (%s); training goes on", self.tuner_id, exc.code().name)
+                self._redial()
                 if layout.search_finished(self.project_state_dir):
                     self._search_over("the chief is unreachable and the search is marked finished")
                 continue
+            if unheard_since is not None:
+                log.info("%s: the chief answers again, after %.1fs", self.tuner_id, time.monotonic() - unheard_since)
+                unheard_since = None
             try:
                 self._heard(reply, sent)
                 if not reply.get("ok"):  # the chief restarted, or our lease lapsed: claim the id again
@@ -240,11 +274,11 @@ class OracleClient(oracle_client.OracleClient):
 
     # -- KerasTuner's Oracle protocol ----------------------------------------------------
     def get_space(self):
-        response, _ = self._call(self.stub.GetSpace, service.GetSpaceRequest())
+        response, _ = self._call("GetSpace", service.GetSpaceRequest())
         return hp_module.HyperParameters.from_proto(response.hyperparameters)
 
     def update_space(self, hyperparameters):
-        self._call(self.stub.UpdateSpace, service.UpdateSpaceRequest(hyperparameters=hyperparameters.to_proto()))
+        self._call("UpdateSpace", service.UpdateSpaceRequest(hyperparameters=hyperparameters.to_proto()))
 
     def create_trial(self, tuner_id):
         """The next trial. After the search was said to be over: one quick try (so the chief
@@ -257,7 +291,7 @@ class OracleClient(oracle_client.OracleClient):
             except grpc.RpcError:
                 return _stopped()
         else:
-            response, call = self._call(self.stub.CreateTrial, request)
+            response, call = self._call("CreateTrial", request)
         trial = trial_module.Trial.from_proto(response.trial)
         if trial.status == trial_module.TrialStatus.IDLE and self.finished.is_set():
             return _stopped()  # nothing left to wait for
@@ -279,7 +313,7 @@ class OracleClient(oracle_client.OracleClient):
             raise AttemptLost(f"trial {trial_id}: attempt {self.attempt_of(trial_id)} was taken away")
         request = service.UpdateTrialRequest(trial_id=trial_id, metrics=metrics, step=step)
         try:
-            response, _ = self._call(self.stub.UpdateTrial, request, self._attempt_metadata(trial_id))
+            response, _ = self._call("UpdateTrial", request, self._attempt_metadata(trial_id))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
@@ -300,7 +334,7 @@ class OracleClient(oracle_client.OracleClient):
             if message:
                 metadata += ((rpc.MESSAGE_KEY, message),)
             try:
-                self._call(self.stub.EndTrial, service.EndTrialRequest(trial=trial.to_proto()), metadata=metadata)
+                self._call("EndTrial", service.EndTrialRequest(trial=trial.to_proto()), metadata=metadata)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
@@ -310,11 +344,11 @@ class OracleClient(oracle_client.OracleClient):
                 self._attempts.pop(trial_id, None)
 
     def get_trial(self, trial_id):
-        response, _ = self._call(self.stub.GetTrial, service.GetTrialRequest(trial_id=trial_id))
+        response, _ = self._call("GetTrial", service.GetTrialRequest(trial_id=trial_id))
         return trial_module.Trial.from_proto(response.trial)
 
     def get_best_trials(self, num_trials=1):
-        response, _ = self._call(self.stub.GetBestTrials, service.GetBestTrialsRequest(num_trials=num_trials))
+        response, _ = self._call("GetBestTrials", service.GetBestTrialsRequest(num_trials=num_trials))
         return [trial_module.Trial.from_proto(t) for t in response.trials]
 
     def close(self):

@@ -1,6 +1,7 @@
 """The worker's client against a scripted chief on real loopback gRPC: lost attempts send nothing
 more, refused reports drop the attempt, and the worker leaves promptly once the search is over."""
 
+import os
 import time
 
 import pytest
@@ -152,3 +153,49 @@ def test_a_heartbeat_sent_before_the_trial_was_handed_out_decides_nothing(make):
     client._heard({"ok": True, "attempts": {}}, sent=time.monotonic())
     assert client.is_lost("1")
 
+
+
+@pytest.fixture
+def hosts_name():
+    """A host name that does not resolve until `appear()` adds it to /etc/hosts (for 127.0.0.1);
+    /etc/hosts is put back as it was. Skips where /etc/hosts is not writable (not root)."""
+    import uuid
+
+    path = "/etc/hosts"
+    if not os.access(path, os.W_OK):
+        pytest.skip("needs a writable /etc/hosts (root, as CI runs)")
+    name = f"ktc-test-{uuid.uuid4().hex[:12]}"
+    original = open(path).read()
+
+    def appear():
+        with open(path, "a") as f:
+            f.write(f"127.0.0.1 {name}\n")
+
+    yield name, appear
+    with open(path, "w") as f:
+        f.write(original)
+
+
+def test_a_chief_whose_name_comes_back_after_a_long_absence_is_found_within_seconds(hosts_name, tmp_path):
+    """A chief that Swarm or Kubernetes reschedules: its name resolves to nothing for a while,
+    then to the new task. gRPC's own lookups back off (a channel whose name failed for 30 s found
+    it 13 s later); the client dials anew, so it is found within a few seconds."""
+    import threading
+
+    name, appear = hosts_name
+    chief = FakeChief()
+    port = chief.address.rsplit(":", 1)[1]
+    client = OracleClient(LocalOracle(), f"{name}:{port}", "worker-1", 120, str(tmp_path))
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (client.register(claim_seconds=1), done.set()), daemon=True)
+    try:
+        worker.start()
+        assert not done.wait(30)  # 30 s without a chief by that name (a slow reschedule)
+        appear()
+        back = time.monotonic()
+        assert done.wait(8), "the client did not find the chief within 8 s of its name resolving"
+        assert time.monotonic() - back < 5
+    finally:
+        client.close()
+        chief.stop()
+        worker.join(timeout=10)
