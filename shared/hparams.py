@@ -343,3 +343,17 @@ class TrialRecorder(keras.callbacks.Callback):
                             start_time_secs=self._started)
         if self._started is not None:
             _write(os.path.join(self.log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback without the per-batch summary calls it makes and discards.
+
+    Keras calls `summary.scalar` for every value of every training batch; with
+    `update_freq="epoch"` (the default, and ktcluster's) no writer is set during batches, so
+    each call writes nothing but still costs TensorFlow work (about a tenth of a small 5-epoch
+    digits trial). Here those values are not passed on at that setting; everything else
+    (epoch curves, graph, profiling) is Keras's own. Other `update_freq` values: unchanged.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs=None if self.update_freq == "epoch" else logs)

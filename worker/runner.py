@@ -191,7 +191,7 @@ def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
             dataset.x_train, dataset.y_train,
             validation_data=(dataset.x_val, dataset.y_val),
             epochs=settings.epochs,
-            callbacks=[keras.callbacks.TensorBoard(settings.project_log_dir)],
+            callbacks=[hparams.EpochTensorBoard(settings.project_log_dir)],
             verbose=2,
         )
     finally:

@@ -11,6 +11,7 @@ a value on every ticked column.
 import os
 import sys
 
+import keras
 import keras_tuner as kt
 import pytest
 import tensorflow as tf
@@ -207,3 +208,30 @@ def test_short_error_is_the_last_line_and_bounded():
     long = hparams.short_error("E: " + "x" * 200)
     assert len(long) == hparams.ERROR_CHARS and long.endswith("...")
     assert hparams.short_error("") == ""
+
+
+def _tags(run_dir) -> set[str]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = set()
+    for name in os.listdir(run_dir):
+        for event in EventFileLoader(os.path.join(run_dir, name)).Load():
+            tags |= {v.tag for v in event.summary.value}
+    return tags
+
+
+@pytest.mark.parametrize("callback, batch_calls", [(keras.callbacks.TensorBoard, True),
+                                                   (hparams.EpochTensorBoard, False)])
+def test_the_workers_tensorboard_callback_writes_keras_curves_without_per_batch_summary_calls(
+        tmp_path, monkeypatch, callback, batch_calls):
+    names, board = [], callback(str(tmp_path))
+    real = board.summary.scalar  # the summary module the callback writes with
+    monkeypatch.setattr(board.summary, "scalar", lambda name, *a, **kw: names.append(name) or real(name, *a, **kw))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = tf.random.normal((64, 4)), tf.random.uniform((64,), maxval=3, dtype=tf.int32)
+    model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=8, verbose=0, callbacks=[board])
+    assert any(n.startswith("batch_") for n in names) is batch_calls  # Keras's calls, each writing nothing
+    assert _tags(tmp_path / "train") >= {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "keras"}
+    assert _tags(tmp_path / "validation") >= {"epoch_loss", "epoch_accuracy"}
+    assert not {t for t in _tags(tmp_path / "train") if t.startswith("batch_")}
