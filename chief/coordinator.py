@@ -21,7 +21,7 @@ import os
 import threading
 import time
 
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 from chief import progress, recovery
 from chief.journal import Event, RunJournal, StorageUnavailable

@@ -29,7 +29,7 @@ import os
 import threading
 
 from keras_tuner.src.engine import oracle as oracle_module
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 from chief.recovery import InconsistentState
 from chief.trials import Phase, TrialBook

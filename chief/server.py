@@ -15,9 +15,8 @@ import logging
 from concurrent import futures
 
 import grpc
-from keras_tuner.src import protos
-from keras_tuner.src.engine import hyperparameters as hp_module
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import hyperparameters as hp_module
+from keras_tuner.engine import trial as trial_module
 
 from chief.journal import StorageUnavailable
 from chief.leases import DuplicateWorker
@@ -26,8 +25,7 @@ from chief.trials import Caller, InvalidRequest, Refused
 from shared import config, rpc, tls
 
 log = logging.getLogger("ktcluster.server")
-service = protos.get_service()
-service_grpc = protos.get_service_grpc()
+service, service_grpc = rpc.ORACLE_MESSAGES, rpc.ORACLE_GRPC
 
 
 class PortInUse(RuntimeError):
@@ -187,9 +185,8 @@ def bind(address: str, max_workers: int = 2, tls_dir: str = ""):
     `tls_dir` (KTC_TLS_DIR) it serves mutual TLS only (shared/tls.py; TLSError if unusable).
 
     Two handler threads: every oracle call holds the coordinator's lock and the GIL, so more
-    threads only add GIL hand-offs (measured: 8 threads serve ~30% fewer trials per second than
-    2 with 8 or 64 simulated workers, benchmarks/RESULTS.md); two keep one thread parsing the
-    next request while the other holds the lock."""
+    threads only add GIL hand-offs (benchmarks/RESULTS.md, section 1); two keep one thread
+    parsing the next request while the other holds the lock."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oracle-rpc"),
         options=[("grpc.so_reuseport", 0)],

@@ -5,6 +5,9 @@ messages through grpcio's generic handlers (no generated code to keep in
 sync). And gRPC metadata on the stock Oracle calls, so the chief knows which
 worker instance sent them and can receive a failed trial's message (the
 stock Trial proto has no message field).
+
+KerasTuner's Oracle service definitions have no public import path: `keras_tuner.src.protos`
+is imported here only, for chief and worker alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from __future__ import annotations
 import json
 
 import grpc
+from keras_tuner.src import protos
+
+ORACLE_MESSAGES = protos.get_service()  # KerasTuner's Oracle requests and responses
+ORACLE_GRPC = protos.get_service_grpc()  # its servicer base class and stub
 
 SERVICE = "ktcluster.Cluster"
 METHODS = ("Register", "Heartbeat")

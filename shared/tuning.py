@@ -1,4 +1,10 @@
-"""One place that turns settings into KerasTuner objects, for chief and workers alike."""
+"""One place that turns settings into KerasTuner objects, for chief and workers alike.
+
+Private KerasTuner names used here (by `recording_used` only, on one HyperParameters instance):
+- `HyperParameters._retrieve(hp)`: every `hp.Choice/Int/Float/Boolean/Fixed` call goes through
+  it; wrapped to learn which hyperparameters a build asked for;
+- `HyperParameters._get_name(name)`: the full (conditional-scope) name `hp.get` reads.
+"""
 
 from __future__ import annotations
 

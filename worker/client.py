@@ -32,24 +32,23 @@ import time
 import uuid
 
 import grpc
-from keras_tuner.src import errors as kt_errors
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_client
-from keras_tuner.src.engine import hyperparameters as hp_module
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner import errors as kt_errors
+from keras_tuner.engine import hyperparameters as hp_module
+from keras_tuner.engine import trial as trial_module
+from keras_tuner.src.distribute import oracle_client  # the stock client: no public import path
 
 from shared import layout, rpc, tls
 
 log = logging.getLogger("ktcluster.worker")
-service = protos.get_service()
+service = rpc.ORACLE_MESSAGES
 # First and largest pause between IDLE answers, seconds. IDLE mostly comes at the end of a
 # search (the last trials run elsewhere) and the chief waits for every worker to hear STOPPED,
-# so the first pauses are short: from 0.5 s it cost ~1 s of wall time per search.
+# so the first pauses are short (longer ones delayed the end of every search).
 IDLE_BACKOFF = (0.1, 5.0)
 RETRY_BACKOFF = (0.5, 5.0)  # first and largest pause between calls that found no chief
 # gRPC's own reconnection while the chief is not up (workers usually start first, and a chief may
-# restart): its defaults (first retry after 1 s, growing to 120 s) left a worker idle for up to
-# ~1 s after a quick chief came up, and for minutes after a slow one (a first MNIST download).
+# restart): its defaults (first retry after 1 s, growing to 120 s) leave a worker idle for up to
+# a second after a quick chief comes up, and for minutes after a slow one (a first MNIST download).
 # A refused connection costs next to nothing, so retry from 0.1 s, growing to 2 s.
 RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
 # A chief that Swarm or Kubernetes reschedules comes back under the same name at a new address,
@@ -153,7 +152,7 @@ class OracleClient(oracle_client.OracleClient):
         replaces is not closed: that would cancel calls in flight on it; it closes once unused."""
         channel = tls.channel(self.address, self._tls_dir, options=RECONNECT)
         self._channel, self._dialled = channel, time.monotonic()
-        self.stub, self.cluster = protos.get_service_grpc().OracleStub(channel), rpc.ClusterStub(channel)
+        self.stub, self.cluster = rpc.ORACLE_GRPC.OracleStub(channel), rpc.ClusterStub(channel)
 
     def _redial(self) -> None:
         """The chief was unreachable: dial anew, unless that was done under REDIAL_SECONDS ago."""

@@ -9,7 +9,6 @@ Private KerasTuner names used here, each overridden through a subclass:
 - `Tuner._build_hypermodel`: to record which hyperparameters a build asked for;
 - `Tuner._configure_tensorboard_dir`: one TensorBoard run per attempt, with ktcluster's HParams;
 - `Tuner._get_checkpoint_fname`, `Tuner._get_build_config_fname`: the per-attempt folders;
-- `OracleClient._oracle` (read): the local oracle KerasTuner built, for our client to wrap.
 """
 
 from __future__ import annotations
@@ -48,9 +47,9 @@ def release_traced_gradients(before: set[str]) -> int:
     Each `fit` traces the train step, and Keras' optimizer all-reduce inside it registers a
     `tf.custom_gradient` closure in TensorFlow's global gradient registry, never removed
     (tensorflow/tensorflow#97697; tf-keras#898 purges them in clear_session). Each closure pins
-    its whole traced graph: ~3 MiB and ~5,000 objects per trial that `clear_session()` cannot free
-    and that every later garbage collection scans again (RSS +52% and time outside `fit` x6 over
-    50 trials, benchmarks/RESULTS.md). Once a trial has ended nothing differentiates through its
+    its whole traced graph, which `clear_session()` cannot free and every later garbage collection
+    scans again (memory and time outside `fit` grow trial by trial: benchmarks/RESULTS.md,
+    section 4). Once a trial has ended nothing differentiates through its
     graphs again, so its registrations can go; entries from before it (the user's own) stay.
     """
     registry = _gradient_registry()
@@ -67,9 +66,10 @@ class ClusterTuner(kt.Tuner):
         # KerasTuner's own variables decide, at construction, that this process is a worker.
         os.environ.update(KERASTUNER_ORACLE_IP=settings.oracle_ip,
                           KERASTUNER_ORACLE_PORT=str(settings.oracle_port), KERASTUNER_TUNER_ID=tuner_id)
+        local_oracle = tuning.make_oracle(settings)  # the stock client wraps this very object
         kt.Tuner.__init__(
             self,
-            oracle=tuning.make_oracle(settings),
+            oracle=local_oracle,
             hypermodel=build_model,
             directory=settings.state_dir,
             project_name=settings.project,
@@ -77,7 +77,7 @@ class ClusterTuner(kt.Tuner):
             overwrite=False,  # never: the project folder is shared with the chief
         )
         # Replace the stock client (hour-long waits, no identity, no IDLE backoff) with ours.
-        self.oracle = OracleClient(self.oracle._oracle, settings.oracle_address, tuner_id,
+        self.oracle = OracleClient(local_oracle, settings.oracle_address, tuner_id,
                                    settings.chief_timeout_seconds, settings.project_state_dir,
                                    tls_dir=settings.tls_dir)
         self.settings, self.device = settings, device
