@@ -10,6 +10,7 @@ import pytest
 
 from chief.coordinator import Coordinator
 from chief.leases import DuplicateWorker
+from chief import oracle as oracle_module
 from chief.oracle import cluster_oracle
 from chief.recovery import InconsistentState, read_project
 from chief.trials import Caller, InvalidRequest, NotFinal, NotOwner, NotRegistered, Refused
@@ -813,3 +814,16 @@ def test_closing_writes_what_a_failed_commit_left_or_says_it_cannot(tmp_path, mo
     assert again.oracle.trials[trial.trial_id].status == "COMPLETED" and again.finished.is_set()
     assert _ends(tmp_path) == [(trial.trial_id, "COMPLETED")]
     again.close()
+
+
+@pytest.mark.parametrize("installed, outside", [("1.4.7", False), ("1.4.8", False), ("1.4.6", True),
+                                                ("1.5.0", True), ("2.0.0rc1", True)])
+def test_the_chief_says_when_the_installed_keras_tuner_is_outside_the_tested_range(monkeypatch, installed, outside):
+    monkeypatch.setattr(oracle_module.importlib.metadata, "version",
+                        lambda name: installed if name == "keras-tuner" else pytest.fail(name))
+    warning = oracle_module.version_warning()
+    assert (warning is not None) is outside
+    if outside:
+        low, high = oracle_module.TESTED_KERAS_TUNER
+        assert f"keras-tuner {installed} is installed" in warning and f"{low} to {high}" in warning
+        assert "\n" not in warning
