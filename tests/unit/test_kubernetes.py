@@ -172,6 +172,26 @@ def test_shared_volumes_are_read_write_many_claims(base):
         assert {"ktcluster-state", "ktcluster-logs"} <= used <= set(claims)
 
 
+def claim_at(workload, path) -> str:
+    """The claim mounted at `path` in the workload's container."""
+    (mount,) = [m for m in container(workload)["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in pod(workload)["volumes"] if v["name"] == mount["name"]]
+    return volume["persistentVolumeClaim"]["claimName"]
+
+
+def test_tensorboard_serves_the_workers_logs_claim_through_an_internal_service(base):
+    deployment = one(base, "Deployment", "ktcluster-tensorboard")
+    service = one(base, "Service", "ktcluster-tensorboard")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert labels_match(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    (port,) = service["spec"]["ports"]
+    (served,) = [p for p in container(deployment)["ports"] if p["name"] == port["targetPort"]]
+    assert port["port"] == served["containerPort"] == 6006
+    log_dir = one(base, "ConfigMap", "ktcluster-settings")["data"]["KTC_LOG_DIR"]
+    assert f'--logdir "{log_dir}/$KTC_PROJECT"' in " ".join(container(deployment)["command"])
+    assert claim_at(deployment, log_dir) == claim_at(one(base, "Job", "ktcluster-worker"), log_dir) == "ktcluster-logs"
+
+
 @pytest.mark.parametrize("name, files", [("ktcluster-chief", ["ca.pem", "chief.pem", "chief.key"]),
                                          ("ktcluster-worker", ["ca.pem", "worker.pem", "worker.key"])])
 def test_tls_comes_from_a_secret_mounted_at_ktc_tls_dir(base, name, files):
