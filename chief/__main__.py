@@ -285,8 +285,8 @@ def main(argv=None) -> int:
 
 def _exit_now(code: int) -> None:
     """Leave without the interpreter's teardown: every file is written and closed by now, and
-    tearing down TensorFlow's modules and heap only frees memory the OS takes back anyway (it
-    held the chief's exit, the end of a search, for ~0.5-2 s). Logs and output are flushed first."""
+    tearing down TensorFlow's modules and heap only frees memory the OS takes back anyway, and
+    would hold the chief's exit, the end of a search, for seconds. Logs and output are flushed first."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -350,9 +350,9 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
     Keras calls `summary.scalar` for every value of every training batch; with
     `update_freq="epoch"` (the default, and ktcluster's) no writer is set during batches, so
-    each call writes nothing but still costs TensorFlow work (about a tenth of a small 5-epoch
-    digits trial). Here those values are not passed on at that setting; everything else
-    (epoch curves, graph, profiling) is Keras's own. Other `update_freq` values: unchanged.
+    each call writes nothing but still costs TensorFlow work. Here those values are not passed
+    on at that setting; everything else (epoch curves, graph, profiling) is Keras's own.
+    Other `update_freq` values: unchanged.
     """
 
     def on_train_batch_end(self, batch, logs=None):
