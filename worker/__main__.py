@@ -35,7 +35,7 @@ def main() -> int:
     from shared import data, devices, hypermodels
     from shared.data import DataError
     from shared.loader import ImportFromStringError
-    from worker.client import ChiefUnreachable, DuplicateWorkerId, SearchFinished
+    from worker.client import ChiefUnreachable, DuplicateWorkerId, SearchFinished, TLSMismatch
 
     devices.configure_tensorflow(settings.tf_threads)
     try:
@@ -60,6 +60,8 @@ def main() -> int:
         return 0
     except DuplicateWorkerId as exc:
         return _fail(2, f"KERASTUNER_TUNER_ID={tuner_id}: {exc}")
+    except TLSMismatch as exc:
+        return _fail(2, f"KTC_TLS_DIR={settings.tls_dir or '(unset)'}: {tuner_id}: {exc}")
     except ChiefUnreachable as exc:
         if _search_finished(settings):
             log.info("%s: the search finished while the chief was out of reach; exiting", tuner_id)

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -64,8 +65,28 @@ class ChiefUnreachable(kt_errors.FatalError):
     """Fatal: KerasTuner must not turn it into a failed trial; the worker exits."""
 
 
+class TLSMismatch(kt_errors.FatalError):
+    """Fatal: the chief answered, but the TLS handshake failed on certificates or protocol
+    (another CA, TLS on one side only): a set-up error that waiting cannot fix."""
+
+
 class DuplicateWorkerId(kt_errors.FatalError):
     pass
+
+
+# What gRPC's details say when a handshake failed on certificates or on TLS against plaintext
+# (never on a connection cut mid-handshake, which is retried as an outage).
+_TLS_SETUP_ERROR = re.compile(r"handshake failed.*?\b(CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER|\w*ALERT\w*)"
+                              r"(?::\s*([^:]+))?", re.IGNORECASE | re.DOTALL)
+
+
+def tls_setup_error(details: str) -> str | None:
+    """The reason (`CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate`) if a
+    call's `details` say its TLS handshake failed on certificates or protocol, else None."""
+    match = _TLS_SETUP_ERROR.search(details or "")
+    if not match:
+        return None
+    return f"{match.group(1)}: {match.group(2).strip()}" if match.group(2) else match.group(1)
 
 
 class SearchFinished(kt_errors.FatalError):
@@ -160,6 +181,11 @@ class OracleClient(oracle_client.OracleClient):
             if time.monotonic() - self._dialled >= REDIAL_SECONDS:
                 self._dial()
 
+    def _hint(self, exc: grpc.RpcError) -> str:
+        """A plaintext worker's connections to a chief serving TLS are closed at once."""
+        closed = "socket closed" in (exc.details() or "").lower()
+        return " (or it serves TLS: set KTC_TLS_DIR here too)" if closed and not self._tls_dir else ""
+
     def _method(self, name: str):
         return getattr(self.cluster, name) if name in rpc.METHODS else getattr(self.stub, name)
 
@@ -181,13 +207,19 @@ class OracleClient(oracle_client.OracleClient):
                 retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not retryable or self._stopping.is_set():
                     raise
+                mismatch = tls_setup_error(exc.details())
+                if mismatch:
+                    raise TLSMismatch(
+                        f"the TLS handshake with the chief at {self.address} failed ({mismatch}): the chief "
+                        "and every worker need KTC_TLS_DIR, with files of one set (python -m shared.tls make DIR)"
+                    ) from None
                 if layout.search_finished(self.project_state_dir):
                     raise SearchFinished(f"chief at {self.address} unreachable ({code.name}) and the "
                                          "search is marked finished") from None
                 if deadline - time.monotonic() <= pause:
                     raise ChiefUnreachable(
                         f"chief at {self.address} unreachable for {self.timeout:.0f}s "
-                        "(KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started") from None
+                        f"(KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started{self._hint(exc)}") from None
                 log.warning("%s: chief unreachable (%s), retrying", self.tuner_id, code.name)
                 self._redial()
                 ready = grpc.channel_ready_future(self._channel)

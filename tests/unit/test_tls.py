@@ -3,10 +3,14 @@ only clients presenting a certificate of its own CA; everything else is refused 
 request reaches the coordinator. Plus the files `python -m shared.tls make` writes and the
 one-line errors for a folder that cannot be used."""
 
+import contextlib
 import gc
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -21,7 +25,9 @@ from chief.server import bind, serve
 from shared.tls import wait_ready
 from shared import tls
 from shared.config import ConfigError
-from worker.client import OracleClient
+from tests.conftest import ROOT
+from tests.procs import cluster_env
+from worker.client import ChiefUnreachable, OracleClient, TLSMismatch, tls_setup_error
 
 service = protos.get_service()
 FILES = ["ca.pem", "chief.key", "chief.pem", "worker.key", "worker.pem"]
@@ -203,3 +209,76 @@ def test_the_chief_health_check_speaks_tls(chief, sets, monkeypatch):
     assert main(["health"]) == 1
     monkeypatch.setenv("KTC_TLS_DIR", os.path.join(sets[0], "nowhere"))
     assert main(["health"]) == 2
+
+
+# -- a worker whose TLS set-up does not match the chief's ----------------------------------------
+@contextlib.contextmanager
+def _plaintext_chief(tmp_path):
+    oracle = cluster_oracle(kt.oracles.RandomSearchOracle, objective=kt.Objective("score", "max"), max_trials=3)
+    oracle.use_project(str(tmp_path), "plain")
+    coordinator = Coordinator(oracle, lease_seconds=10, heartbeat_seconds=1)
+    server, port = bind("127.0.0.1:0")
+    serve(server, coordinator)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait(10)
+        coordinator.close()
+        gc.unfreeze()
+
+
+def _register(address, tls_dir, tmp_path, timeout):
+    local = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"))
+    client = OracleClient(local, address, "worker-1", timeout, str(tmp_path), tls_dir=tls_dir)
+    try:
+        client.register(claim_seconds=5)
+    finally:
+        client.close()
+
+
+def test_a_worker_with_another_cas_set_stops_at_once_naming_the_setting(chief, sets, tmp_path):
+    coordinator, address = chief
+    started = time.monotonic()
+    with pytest.raises(TLSMismatch, match=r"CERTIFICATE_VERIFY_FAILED.*KTC_TLS_DIR.*one set"):
+        _register(address, sets[1], tmp_path, timeout=60)
+    assert time.monotonic() - started < 10  # not KTC_CHIEF_TIMEOUT_SECONDS: waiting cannot fix it
+    assert not coordinator.leases.holds("worker-1", None)  # it never got through
+
+
+def test_a_tls_worker_against_a_plaintext_chief_stops_at_once(sets, tmp_path):
+    with _plaintext_chief(tmp_path) as address:
+        started = time.monotonic()
+        with pytest.raises(TLSMismatch, match=r"WRONG_VERSION_NUMBER.*KTC_TLS_DIR"):
+            _register(address, sets[0], tmp_path, timeout=60)
+        assert time.monotonic() - started < 10
+
+
+def test_a_plaintext_worker_against_a_tls_chief_is_told_it_may_need_ktc_tls_dir(chief, tmp_path):
+    _, address = chief
+    with pytest.raises(ChiefUnreachable, match=r"set KTC_TLS_DIR here too"):
+        _register(address, "", tmp_path, timeout=2)
+
+
+def test_tls_setup_errors_are_told_from_outages():
+    verify = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake failed "
+              "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+              "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK")
+    assert tls_setup_error(verify) == "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
+    alert = "last error: UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: TLSV1_ALERT_UNKNOWN_CA"
+    assert tls_setup_error(alert) == "TLSV1_ALERT_UNKNOWN_CA"
+    for outage in ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
+                   "last error: UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): Socket closed",
+                   "failed to connect to all addresses; last error: UNAVAILABLE: Connection refused", "", None):
+        assert tls_setup_error(outage) is None
+
+
+def test_the_worker_process_exits_2_with_one_line_naming_ktc_tls_dir(chief, sets, tmp_path):
+    _, address = chief
+    host, port = address.rsplit(":", 1)
+    env = cluster_env(tmp_path, int(port), KTC_TLS_DIR=sets[1], KERASTUNER_TUNER_ID="worker-1",
+                      KTC_DATASET="tests.fixtures.models:tiny_data", KTC_MODEL="tests.fixtures.models:build_model")
+    done = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("ktcluster worker:")]
+    assert len(lines) == 1 and lines[0].startswith(f"ktcluster worker: KTC_TLS_DIR={sets[1]}: worker-1: "), lines
