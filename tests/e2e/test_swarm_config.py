@@ -91,8 +91,9 @@ def test_tls_variant_gives_each_role_only_its_own_key():
     assert "KTC_TLS_DIR" not in services("stack.yaml")["chief"]["environment"]  # never a host path
 
 
-def test_chief_health_is_a_cheap_port_check():
-    """Swarm adds the chief to DNS only once healthy: its check must not import TensorFlow."""
+def test_chief_health_is_composes_light_grpc_check():
+    """Swarm adds the chief to DNS only once healthy: its check is compose.yaml's `python -m chief
+    health`, which imports gRPC only (tests/unit/test_health.py) and speaks TLS when configured."""
     test = services("stack.yaml")["chief"]["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"] and "socket.create_connection" in test[3]
-    assert "KERASTUNER_ORACLE_PORT" in test[3]
+    assert test == ["CMD", "python", "-m", "chief", "health"]
+    assert test == services("compose.yaml")["chief"]["healthcheck"]["test"]
