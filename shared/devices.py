@@ -12,6 +12,9 @@ worker then trains on exactly that GPU: unless the container already sees only
 it (NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES is that one value, or the
 only /dev/nvidiaN node is that index), it sets CUDA_VISIBLE_DEVICES to it
 before TensorFlow lists GPUs. Such a resource wins over KTC_GPU_MAP.
+
+Kubernetes can too: a pod's `nvidia.com/gpu` GPUs are its own (the device plugin shows it only
+those), so a worker in a pod takes the first it sees, whatever its index.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ class Choice:
     reason: str
 
 
-def choose_gpu(tuner_id: str, replica: int | None, gpu_count: int, gpu_map: Mapping[str, int]) -> Choice:
-    """Pure selection logic (unit-tested with fake device counts)."""
+def choose_gpu(tuner_id: str, replica: int | None, gpu_count: int, gpu_map: Mapping[str, int],
+               allocated_by: str = "") -> Choice:
+    """Pure selection logic (unit-tested with fake device counts). `allocated_by` names the
+    engine that gave this container its visible GPUs for itself alone (Kubernetes' device
+    plugin): then the first is taken, and the replica number says nothing about sharing."""
     if tuner_id in gpu_map:
         index = gpu_map[tuner_id]
         if index >= gpu_count:
@@ -47,6 +53,8 @@ def choose_gpu(tuner_id: str, replica: int | None, gpu_count: int, gpu_map: Mapp
         return Choice(index, f"KTC_GPU_MAP pins {tuner_id}")
     if gpu_count == 0:
         return Choice(None, "no GPU visible")
+    if allocated_by:
+        return Choice(0, f"the first of {gpu_count} GPU(s) {allocated_by} allocated to this container")
     if replica is None:
         return Choice(0, "no replica number; first visible GPU")
     index = (replica - 1) % gpu_count
@@ -112,6 +120,12 @@ def choose_given_gpu(given: SwarmGpu, gpu_count: int, nvidia_runtime: bool) -> C
                      "declare the node's GPUs by UUID in node-generic-resources")
 
 
+def kubernetes_allocated(env: Mapping[str, str]) -> str:
+    """"Kubernetes" in a pod (its GPUs come from the device plugin, one container's alone: the
+    `nvidia.com/gpu` limit of deploy/kubernetes/gpu), else ""."""
+    return "Kubernetes" if env.get("KUBERNETES_SERVICE_HOST") else ""
+
+
 def _device_nodes() -> list[int]:
     return sorted(int(m[1]) for path in glob.glob("/dev/nvidia[0-9]*")
                   if (m := re.fullmatch(r"/dev/nvidia(\d+)", path)))
@@ -154,7 +168,7 @@ def use_device(tuner_id: str, replica: int | None, gpu_map: Mapping[str, int], g
         if choice.index is None:
             log.warning("%s: %s", tuner_id, choice.reason)
     else:
-        choice = choose_gpu(tuner_id, replica, len(gpus), gpu_map)
+        choice = choose_gpu(tuner_id, replica, len(gpus), gpu_map, allocated_by=kubernetes_allocated(env))
     if choice.index is None:
         tf.config.set_visible_devices([], "GPU")
         description = "CPU"

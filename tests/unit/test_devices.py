@@ -20,6 +20,23 @@ def test_sharing_is_reported():
     assert "shared" not in choose_gpu("worker-2", 2, 2, {}).reason
 
 
+def test_a_pod_takes_the_gpu_kubernetes_allocated_it_whatever_its_index():
+    """deploy/kubernetes/gpu gives each worker pod one GPU of its own: worker-3 sees one GPU, and
+    that is not sharing."""
+    for replica in (1, 3, 8):
+        choice = choose_gpu(f"worker-{replica}", replica, 1, {}, allocated_by="Kubernetes")
+        assert choice.index == 0 and "shared" not in choice.reason and "Kubernetes allocated" in choice.reason
+    assert choose_gpu("worker-3", 3, 0, {}, allocated_by="Kubernetes").index is None
+    assert choose_gpu("worker-3", 3, 2, {"worker-3": 1}, allocated_by="Kubernetes").index == 1  # the map still wins
+
+
+def test_kubernetes_is_recognised_by_its_service_variables():
+    from shared.devices import kubernetes_allocated
+
+    assert kubernetes_allocated({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == "Kubernetes"
+    assert kubernetes_allocated({}) == "" and kubernetes_allocated({"KUBERNETES_SERVICE_HOST": ""}) == ""
+
+
 def test_no_gpu_means_cpu():
     choice = choose_gpu("worker-1", 1, 0, {})
     assert choice.index is None and "no GPU" in choice.reason
