@@ -14,7 +14,7 @@ only /dev/nvidiaN node is that index), it sets CUDA_VISIBLE_DEVICES to it
 before TensorFlow lists GPUs. Such a resource wins over KTC_GPU_MAP.
 
 Kubernetes can too: a pod's `nvidia.com/gpu` GPUs are its own (the device plugin shows it only
-those), so a worker in a pod takes the first it sees, whatever its index.
+those), so a worker in a pod that sees one GPU takes it, whatever its index.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class Choice:
 def choose_gpu(tuner_id: str, replica: int | None, gpu_count: int, gpu_map: Mapping[str, int],
                allocated_by: str = "") -> Choice:
     """Pure selection logic (unit-tested with fake device counts). `allocated_by` names the
-    engine that gave this container its visible GPUs for itself alone (Kubernetes' device
-    plugin): then the first is taken, and the replica number says nothing about sharing."""
+    engine that gives each container its GPUs (Kubernetes' device plugin): a container that
+    sees one GPU there takes it, and its replica number says nothing about sharing; one that
+    sees several spreads by replica number as on Compose."""
     if tuner_id in gpu_map:
         index = gpu_map[tuner_id]
         if index >= gpu_count:
@@ -53,8 +54,8 @@ def choose_gpu(tuner_id: str, replica: int | None, gpu_count: int, gpu_map: Mapp
         return Choice(index, f"KTC_GPU_MAP pins {tuner_id}")
     if gpu_count == 0:
         return Choice(None, "no GPU visible")
-    if allocated_by:
-        return Choice(0, f"the first of {gpu_count} GPU(s) {allocated_by} allocated to this container")
+    if allocated_by and gpu_count == 1:
+        return Choice(0, f"the one GPU this container sees ({allocated_by} allocates GPUs per container)")
     if replica is None:
         return Choice(0, "no replica number; first visible GPU")
     index = (replica - 1) % gpu_count

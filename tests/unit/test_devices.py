@@ -25,8 +25,9 @@ def test_a_pod_takes_the_gpu_kubernetes_allocated_it_whatever_its_index():
     that is not sharing."""
     for replica in (1, 3, 8):
         choice = choose_gpu(f"worker-{replica}", replica, 1, {}, allocated_by="Kubernetes")
-        assert choice.index == 0 and "shared" not in choice.reason and "Kubernetes allocated" in choice.reason
+        assert choice.index == 0 and "shared" not in choice.reason and "Kubernetes allocates" in choice.reason
     assert choose_gpu("worker-3", 3, 0, {}, allocated_by="Kubernetes").index is None
+    assert choose_gpu("worker-3", 3, 2, {}, allocated_by="Kubernetes").index == 0  # sees several: by replica
     assert choose_gpu("worker-3", 3, 2, {"worker-3": 1}, allocated_by="Kubernetes").index == 1  # the map still wins
 
 
