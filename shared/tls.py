@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -140,6 +141,22 @@ def channel(address: str, tls_dir: str, role: str = "worker", options=()):
                                                certificate_chain=material.cert)
     return grpc.secure_channel(address, credentials,
                                options=[*options, ("grpc.ssl_target_name_override", CHIEF_NAME)])
+
+
+# What gRPC's details say when a handshake failed on certificates or on TLS against plaintext
+# (never on a connection cut mid-handshake, which a caller retries as an outage).
+_SETUP_ERROR = re.compile(r"handshake failed.*?\b(CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER|\w*ALERT\w*)"
+                          r"(?::\s*([^:]+))?", re.IGNORECASE | re.DOTALL)
+
+
+def setup_error(details: str | None) -> str | None:
+    """The reason (`CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate`) if a gRPC
+    call's `details` say its TLS handshake failed on certificates or protocol (another CA, TLS on
+    one side only), else None."""
+    match = _SETUP_ERROR.search(details or "")
+    if not match:
+        return None
+    return f"{match.group(1)}: {match.group(2).strip()}" if match.group(2) else match.group(1)
 
 
 def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -72,21 +71,6 @@ class TLSMismatch(kt_errors.FatalError):
 
 class DuplicateWorkerId(kt_errors.FatalError):
     pass
-
-
-# What gRPC's details say when a handshake failed on certificates or on TLS against plaintext
-# (never on a connection cut mid-handshake, which is retried as an outage).
-_TLS_SETUP_ERROR = re.compile(r"handshake failed.*?\b(CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER|\w*ALERT\w*)"
-                              r"(?::\s*([^:]+))?", re.IGNORECASE | re.DOTALL)
-
-
-def tls_setup_error(details: str) -> str | None:
-    """The reason (`CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate`) if a
-    call's `details` say its TLS handshake failed on certificates or protocol, else None."""
-    match = _TLS_SETUP_ERROR.search(details or "")
-    if not match:
-        return None
-    return f"{match.group(1)}: {match.group(2).strip()}" if match.group(2) else match.group(1)
 
 
 class SearchFinished(kt_errors.FatalError):
@@ -207,7 +191,7 @@ class OracleClient(oracle_client.OracleClient):
                 retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not retryable or self._stopping.is_set():
                     raise
-                mismatch = tls_setup_error(exc.details())
+                mismatch = tls.setup_error(exc.details())
                 if mismatch:
                     raise TLSMismatch(
                         f"the TLS handshake with the chief at {self.address} failed ({mismatch}): the chief "

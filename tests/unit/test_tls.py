@@ -16,20 +16,19 @@ from concurrent import futures
 import grpc
 import keras_tuner as kt
 import pytest
-from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_client as stock_client
 
 from chief.coordinator import Coordinator
 from chief.oracle import cluster_oracle
 from chief.server import bind, serve
 from shared.tls import wait_ready
-from shared import tls
+from shared import rpc, tls
 from shared.config import ConfigError
 from tests.conftest import ROOT
 from tests.procs import cluster_env
-from worker.client import ChiefUnreachable, OracleClient, TLSMismatch, tls_setup_error
+from worker.client import ChiefUnreachable, OracleClient, TLSMismatch
 
-service = protos.get_service()
+service = rpc.ORACLE_MESSAGES
 FILES = ["ca.pem", "chief.key", "chief.pem", "worker.key", "worker.pem"]
 
 
@@ -73,7 +72,7 @@ def _read(folder, name):
 
 def _get_space(channel):
     with channel:
-        return protos.get_service_grpc().OracleStub(channel).GetSpace(service.GetSpaceRequest(), timeout=5)
+        return rpc.ORACLE_GRPC.OracleStub(channel).GetSpace(service.GetSpaceRequest(), timeout=5)
 
 
 def _refused(channel):
@@ -263,13 +262,13 @@ def test_tls_setup_errors_are_told_from_outages():
     verify = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake failed "
               "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
               "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK")
-    assert tls_setup_error(verify) == "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
+    assert tls.setup_error(verify) == "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
     alert = "last error: UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: TLSV1_ALERT_UNKNOWN_CA"
-    assert tls_setup_error(alert) == "TLSV1_ALERT_UNKNOWN_CA"
+    assert tls.setup_error(alert) == "TLSV1_ALERT_UNKNOWN_CA"
     for outage in ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
                    "last error: UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): Socket closed",
                    "failed to connect to all addresses; last error: UNAVAILABLE: Connection refused", "", None):
-        assert tls_setup_error(outage) is None
+        assert tls.setup_error(outage) is None
 
 
 def test_the_worker_process_exits_2_with_one_line_naming_ktc_tls_dir(chief, sets, tmp_path):
