@@ -42,3 +42,15 @@ def test_gpu_override_shows_every_gpu_to_every_worker_and_none_to_the_chief():
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert device["count"] == -1  # "all": each worker then picks one GPU by its replica number
     assert "deploy" not in services["chief"] and "deploy" not in services["tensorboard"]
+
+
+@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"]], ids="+".join)
+def test_one_service_builds_the_image_and_none_pulls_it(files):
+    """`build` on every role built the image once per service on each `up --build`: two dangling
+    ~2 GB images per build and a tag that moved under the running services (issue #20 item 7).
+    One service builds it; every role runs that one tag; none pulls it (no registry has it, and a
+    missing image is built, never fetched from Docker Hub under the same name)."""
+    services = config(*files)["services"]
+    assert [name for name, s in services.items() if s.get("build")] == ["chief"]
+    assert len({s["image"] for s in services.values()}) == 1, {n: s["image"] for n, s in services.items()}
+    assert {n: s.get("pull_policy") for n, s in services.items()} == dict.fromkeys(services, "never")
