@@ -1,8 +1,10 @@
 """`python -m chief`: serve the search. `python -m chief status`: progress and the trial table
 (from the state files). `python -m chief health`: is the oracle serving (Compose's healthcheck)?
 
-Exit codes: 0 search finished (results written), 1 runtime failure (e.g. the
-dataset could not be downloaded), 2 bad setting (one line naming it).
+Exit codes: 0 search finished (results written; a finished project is only reported, with the
+settings recorded for it), 1 runtime failure (e.g. the dataset could not be downloaded), 2 bad
+setting (one line naming it). A start that fails records why for the workers
+(shared.layout.CHIEF_FAILED), so they exit with this reason and code instead of waiting.
 """
 
 from __future__ import annotations
@@ -92,56 +94,37 @@ def _prepare(settings):
 
 
 def run(settings) -> int:
+    """Serve the search, or only report a finished project (`_finished_record`). A start that
+    fails after the settings are read leaves shared.layout.CHIEF_FAILED for the workers."""
     from shared.devices import hide_gpus
 
     hide_gpus()  # the chief trains nothing; leave every GPU to the workers
     from chief import progress
     from chief.server import PortInUse, bind
+    from shared import tls
 
+    record = _finished_record(settings)
+    if record is not None:
+        return _report_finished(settings, record)
     try:  # bind first: a second chief or a busy port fails before any slow work
         server, port = bind(settings.oracle_address, tls_dir=settings.tls_dir)
-    except PortInUse:
+    except PortInUse:  # no failure record: the chief that holds the port is the one workers need
         return _fail(2, f"KERASTUNER_ORACLE_PORT={settings.oracle_port}: {settings.oracle_address} is already "
                         "in use (another chief?); only one chief may serve a port")
     except ConfigError as exc:  # an unusable KTC_TLS_DIR
-        return _fail(2, str(exc))
+        return _start_failed(settings, 2, str(exc))
+    log.info("%s", tls.describe(settings.tls_dir, "chief"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        dataset, build_model, oracle, space, metrics = _prepare(settings)
+        coordinator, build_model = _start(settings)
     except _Exit as exc:
-        return _fail(exc.code, str(exc))
+        return _start_failed(settings, exc.code, str(exc))
+    except Exception as exc:  # a bug: the workers hear of it, the traceback stays here
+        _record_failure(settings, 1, f"unexpected error at start: {type(exc).__name__}: {exc}")
+        raise
 
-    from chief.coordinator import Coordinator
-    from chief.journal import JournalCorrupt, StorageUnavailable
-    from chief.oracle import version_warning
-    from chief.recovery import InconsistentState
+    from chief.journal import StorageUnavailable
     from chief.server import serve
-
-    warning = version_warning()
-    if warning:
-        log.warning("%s", warning)
-    oracle.use_project(settings.state_dir, settings.project)
-    oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
-    try:
-        coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
-                                  on_event=progress.ProgressLog(), fsync=settings.fsync,
-                                  stock_lease_seconds=settings.stock_lease_seconds,
-                                  storage_grace_seconds=settings.storage_grace_seconds,
-                                  on_attempt_lost=_attempt_lost_shower(settings))
-    except (InconsistentState, JournalCorrupt) as exc:
-        return _fail(1, f"KTC_PROJECT={settings.project}: {exc}")
-    if oracle.trials:
-        log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
-    oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
-    try:
-        coordinator.save_state()
-        _write_hparams_config(settings, oracle, metrics, build_model)
-        if not coordinator.finished.is_set():  # the search as it runs, for `python -m chief status`
-            from chief.status import record_search
-
-            record_search(settings, oracle, fsync=settings.fsync)
-    except OSError as exc:
-        return _fail(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR")
 
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
         serve(server, coordinator)
@@ -176,6 +159,127 @@ def run(settings) -> int:
     if snap.fatal:
         return _fail(1, f"search stopped: {snap.fatal}")
     coordinator.mark_finished(progress.summary_record(snap))
+    return 0
+
+
+def _start(settings):
+    """Data, model, oracle and the project's state, ready to serve: (coordinator, build_model).
+    Raises _Exit with the code and line for any failure."""
+    from chief import progress
+    from chief.coordinator import Coordinator
+    from chief.journal import JournalCorrupt
+    from chief.oracle import version_warning
+    from chief.recovery import InconsistentState
+
+    dataset, build_model, oracle, space, metrics = _prepare(settings)
+    warning = version_warning()
+    if warning:
+        log.warning("%s", warning)
+    oracle.use_project(settings.state_dir, settings.project)
+    oracle.verbose = 0  # the coordinator's progress lines replace KerasTuner's per-trial tables
+    try:
+        coordinator = Coordinator(oracle, settings.lease_seconds, settings.heartbeat_seconds,
+                                  on_event=progress.ProgressLog(), fsync=settings.fsync,
+                                  stock_lease_seconds=settings.stock_lease_seconds,
+                                  storage_grace_seconds=settings.storage_grace_seconds,
+                                  on_attempt_lost=_attempt_lost_shower(settings))
+    except (InconsistentState, JournalCorrupt) as exc:
+        raise _Exit(1, f"KTC_PROJECT={settings.project}: {exc}") from None
+    if oracle.trials:
+        log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
+    oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
+    try:
+        coordinator.save_state()
+        _write_hparams_config(settings, oracle, metrics, build_model)
+        if not coordinator.finished.is_set():  # the search as it runs, for `python -m chief status`
+            from chief.status import record_search
+
+            record_search(settings, oracle, fsync=settings.fsync)
+    except OSError as exc:
+        raise _Exit(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR") from None
+    return coordinator, build_model
+
+
+def _record_failure(settings, code: int, message: str) -> None:
+    """Leave the failed start's record for the workers (shared.layout.CHIEF_FAILED); best effort:
+    a state disk that refuses it is what the message already says."""
+    from shared import layout
+
+    try:
+        layout.write_chief_failure(settings.project_state_dir, message, code)
+    except OSError as exc:
+        log.warning("could not record the failed start for the workers in %s (%s)", settings.project_state_dir, exc)
+
+
+def _start_failed(settings, code: int, message: str) -> int:
+    _record_failure(settings, code, message)
+    return _fail(code, message)
+
+
+def _finished_record(settings):
+    """Report only, or run? Decided first, before any data, model or TensorFlow is loaded.
+
+    Returns the project's chief.status.SearchRecord when the project is finished
+    (shared.layout.FINISHED_MARKER) and the settings now ask for no more trials than it was run
+    with: the chief then only reports it, with the settings recorded for it (whatever KTC_DATASET,
+    KTC_MODEL, KTC_OBJECTIVE... say now), and exits 0. Returns None (start or go on with the
+    settings given now) when the project is not finished (new, or stopped midway: it resumes);
+    when KTC_MAX_TRIALS was raised above the recorded one for a tuner with a trial budget (the
+    search continues); or when it has no valid record (a project from before records: the
+    coordinator decides, with today's settings, as it did before)."""
+    from chief.status import SearchRecord, read_search
+    from shared import layout
+
+    if not layout.search_finished(settings.project_state_dir):
+        return None
+    try:
+        record = read_search(settings.project_state_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s in project %s cannot be read (%s): using the settings given now", layout.SEARCH_RECORD,
+                    settings.project, type(exc).__name__)
+        return None
+    types = {"tuner": str, "epochs": int, "objective": str, "direction": str, "dataset": str, "model": str}
+    if (not isinstance(record, SearchRecord) or any(type(getattr(record, k)) is not t for k, t in types.items())
+            or not (record.max_trials is None or type(record.max_trials) is int)):
+        return None
+    if settings.tuner != "hyperband" and record.max_trials is not None and settings.max_trials > record.max_trials:
+        log.info("project %s is finished with %d trials; KTC_MAX_TRIALS=%d: continuing it", settings.project,
+                 record.max_trials, settings.max_trials)
+        return None
+    return record
+
+
+def _report_finished(settings, record) -> int:
+    """A finished project's results and final line, from its files and recorded settings (no data
+    or model is loaded; best_model.keras is the one written when it finished)."""
+    from chief import progress, status
+    from chief.journal import JournalCorrupt
+
+    now = {"KTC_TUNER": (record.tuner, settings.tuner), "KTC_EPOCHS": (record.epochs, settings.epochs),
+           "KTC_OBJECTIVE": (record.objective, settings.objective.name),
+           "KTC_DATASET": (record.dataset, settings.dataset), "KTC_MODEL": (record.model, settings.model)}
+    if record.max_trials is not None:
+        now["KTC_MAX_TRIALS"] = (record.max_trials, settings.max_trials)
+    ignored = [f"{name}={new or '(empty)'}" for name, (old, new) in now.items() if old != new]
+    log.info("project %s is already finished: reporting it as it was run (%s search, %s trials, %d epochs, "
+             "objective %s %s, dataset %s, model %s)%s", settings.project, record.tuner,
+             record.max_trials or "hyperband's", record.epochs, record.objective, record.direction, record.dataset,
+             record.model or "(guide model)",
+             f"; not used for it: {', '.join(ignored)} (a new KTC_PROJECT starts a search with them)" if ignored else "")
+    try:
+        snap = status.snapshot(settings)
+        if snap is None:
+            raise _Exit(1, f"KTC_PROJECT={settings.project}: marked finished but has no oracle state in "
+                           f"{settings.project_state_dir}")
+        log.info(progress.final_report(snap, settings.project_results_dir))
+    except JournalCorrupt as exc:
+        return _start_failed(settings, 1, f"KTC_PROJECT={settings.project}: {exc}")
+    except _Exit as exc:
+        return _start_failed(settings, exc.code, str(exc))
+    except OSError as exc:
+        return _start_failed(settings, 1, f"writing the results of finished project {settings.project} failed "
+                                          f"({exc}); free space or fix KTC_RESULTS_DIR")
+    _give_results_away(settings)
     return 0
 
 
@@ -272,7 +376,13 @@ def main(argv=None) -> int:
     try:
         settings = config_module.load(role="chief" if not argv else "probe")
     except ConfigError as exc:
+        if not argv:
+            _record_unloadable(os.environ, str(exc))
         return _fail(2, str(exc))
+    if not argv:  # a chief starts: an earlier failed start's record goes first (shared.layout)
+        from shared import layout
+
+        layout.clear_chief_failure(settings.project_state_dir)
     if argv == ["health"]:
         return health(settings)
     if argv == ["status"]:
@@ -281,6 +391,23 @@ def main(argv=None) -> int:
         return _fail(2, f"unknown command {' '.join(argv)!r}: use 'python -m chief', 'python -m chief status' "
                         "or 'python -m chief health'")
     return run(settings)
+
+
+def _record_unloadable(environ, message: str) -> None:
+    """Settings that do not load: record the failed start (shared.layout.CHIEF_FAILED) if
+    KTC_STATE_DIR is an existing folder and KTC_PROJECT a plain name (else workers cannot share
+    the folder either); nothing is created but the project's folder."""
+    from shared import layout
+
+    defaults = config_module.SETTINGS
+    state = environ.get("KTC_STATE_DIR", defaults["KTC_STATE_DIR"][0]).strip()
+    project = environ.get("KTC_PROJECT", defaults["KTC_PROJECT"][0]).strip()
+    if not project or project.startswith(".") or os.sep in project or not state or not os.path.isdir(state):
+        return
+    try:
+        layout.write_chief_failure(os.path.join(state, project), message, 2)
+    except OSError:
+        pass  # the line on stderr says it all
 
 
 def _exit_now(code: int) -> None:

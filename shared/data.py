@@ -84,10 +84,13 @@ def prepare(dataset: str, data_dir: str) -> None:
         ) from None
 
 
-def _wait_for(path: str, seconds: float) -> bool:
-    """True once `path` exists, checking with a backoff (CACHE_POLL) for at most `seconds`."""
+def _wait_for(path: str, seconds: float, between=None) -> bool:
+    """True once `path` exists, checking with a backoff (CACHE_POLL) for at most `seconds`;
+    `between()` (if given) is called before each pause and may raise to end the wait."""
     deadline, pause = time.monotonic() + seconds, CACHE_POLL[0]
     while not os.path.exists(path):
+        if between is not None:
+            between()
         left = deadline - time.monotonic()
         if left <= 0:
             return False
@@ -96,10 +99,11 @@ def _wait_for(path: str, seconds: float) -> bool:
     return True
 
 
-def load(dataset: str, data_dir: str, wait: float = 0.0) -> Dataset:
+def load(dataset: str, data_dir: str, wait: float = 0.0, between=None) -> Dataset:
     """Load the dataset from the cache (workers never download). A cached dataset that is not
     there yet (the chief, started at the same time, is still downloading it) is waited for up to
-    `wait` seconds; then DataError."""
+    `wait` seconds; then DataError. While waiting, `between()` (if given) is called every poll and
+    may raise to end the wait early (a worker: the chief recorded that it could not start)."""
     if dataset == "digits":
         from sklearn.datasets import load_digits
 
@@ -110,7 +114,7 @@ def load(dataset: str, data_dir: str, wait: float = 0.0) -> Dataset:
         path = _mnist_path(data_dir)
         if not os.path.exists(path) and wait > 0:
             log.info("waiting up to %.0fs for the chief to download %s", wait, MNIST_FILE)
-        if not _wait_for(path, wait):
+        if not _wait_for(path, wait, between):
             raise DataError(f"KTC_DATASET=mnist: {path} is missing; the chief downloads it before serving trials")
         with np.load(path, allow_pickle=False) as f:
             x, y = _images(f["x_train"]), f["y_train"].astype("int64")

@@ -11,13 +11,21 @@ warm starts) uses `accepted_attempt`: attempts are numbered upwards, a new one i
 the previous one was taken away or ended for a retry, and none after one is accepted, so the
 accepted attempt of a completed trial is its highest-numbered folder.
 
-Functions here compute paths and read the folder; none creates anything.
+Functions here compute paths and read the folder; none creates anything, except the chief's
+record of a failed start (below).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import math
 import os
 import re
+import time
+
+from shared.atomic import write_text_atomic
 
 FINISHED_MARKER = "ktcluster-finished.json"  # the chief writes it when a search is over
 SEARCH_RECORD = "ktcluster-search.json"  # the chief's settings of the search (chief.status.SearchRecord)
@@ -88,3 +96,117 @@ def find_build_config(project_state_dir: str, trial_id: str, attempt: int | None
     candidates = [build_config_path(project_state_dir, trial_id, attempt)] if attempt else []
     candidates.append(os.path.join(trial_dir(project_state_dir, trial_id), BUILD_CONFIG))
     return next((path for path in candidates if os.path.exists(path)), None)
+
+
+# -- a chief that could not start -----------------------------------------------------------------
+# Contract. A chief whose start fails once it knows the project's state folder (bad data, a bad
+# setting, unusable storage or TLS files) writes CHIEF_FAILED there (atomically) with its reason and
+# exit code, then exits. A chief that starts removes any such record first, before any slow work
+# (`python -m chief status` and `health` never touch it). A worker waiting for the chief (the data
+# cache, the gRPC retry loop) watches for it (ChiefFailureWatch) and exits with the chief's code
+# and reason instead of waiting KTC_CHIEF_TIMEOUT_SECONDS. A chief that cannot bind its port
+# (another chief serves it) writes nothing: the chief that holds the port is the one workers need.
+CHIEF_FAILED = "ktcluster-chief-failed.json"
+#: A record already there when a worker began watching may be stale (an earlier failed start while
+#: a new chief starts and is about to remove it): it counts only once it has stood this long.
+STALE_FAILURE_SECONDS = 10.0
+MAX_REASON = 600  # characters of the chief's reason a worker repeats
+
+
+@dataclasses.dataclass(frozen=True)
+class ChiefFailure:
+    """Why the chief could not start: its one-line `reason` and exit `code` (1..255); `at`: when
+    (the chief's clock, seconds since the epoch; shown, never compared with a worker's clock)."""
+
+    reason: str
+    code: int
+    at: float
+
+    @classmethod
+    def parse(cls, text: str) -> "ChiefFailure | None":
+        """A record from the file's text, validated (it is written by another process, on a
+        shared volume): None unless it is a JSON object with a non-empty string `reason` and an
+        integer `code` in 1..255. The reason is made one printable line of at most MAX_REASON."""
+        try:
+            fields = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(fields, dict):
+            return None
+        reason, code, at = fields.get("reason"), fields.get("code"), fields.get("at", 0.0)
+        if not isinstance(reason, str) or type(code) is not int or not 1 <= code <= 255:
+            return None
+        reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())[:MAX_REASON]
+        if not reason:
+            return None
+        at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) else 0.0
+        return cls(reason, code, at)
+
+
+def chief_failed_path(project_state_dir: str) -> str:
+    return os.path.join(project_state_dir, CHIEF_FAILED)
+
+
+def write_chief_failure(project_state_dir: str, reason: str, code: int) -> None:
+    """Chief only: record a failed start (creating the project folder if needed). Raises OSError."""
+    os.makedirs(project_state_dir, exist_ok=True)
+    record = {"reason": reason, "code": code, "at": time.time()}
+    write_text_atomic(chief_failed_path(project_state_dir), json.dumps(record) + "\n")
+
+
+def clear_chief_failure(project_state_dir: str) -> None:
+    """Chief only, first thing at start: remove a record of an earlier failed start (if any)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(chief_failed_path(project_state_dir))
+
+
+def read_chief_failure(project_state_dir: str) -> ChiefFailure | None:
+    """The recorded failed start, None if there is none or it cannot be read or is not valid."""
+    try:
+        with open(chief_failed_path(project_state_dir), encoding="utf-8", errors="replace") as f:
+            return ChiefFailure.parse(f.read(64_000))
+    except OSError:
+        return None
+
+
+class ChiefFailureWatch:
+    """A worker's view of CHIEF_FAILED while it waits for the chief. `check()` returns the
+    failure to act on, else None:
+    - a record written after the watch began (absent at its first look, or replaced since) at once;
+    - a record there at the first look, unchanged, only once the watch has run for `stale_seconds`
+      (a new chief removes a stale one first thing; one still there is the last word of a chief
+      that did not start again).
+    No clocks are compared across machines: "new" means the file changed while we watched."""
+
+    def __init__(self, project_state_dir: str, stale_seconds: float = STALE_FAILURE_SECONDS,
+                 clock=time.monotonic):
+        self.project_state_dir, self.stale_seconds, self._clock = project_state_dir, stale_seconds, clock
+        self._started = clock()
+        self._first = self._identity()
+
+    def _identity(self):
+        try:
+            st = os.stat(chief_failed_path(self.project_state_dir))
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+    def check(self) -> ChiefFailure | None:
+        seen = self._identity()
+        if seen is None:
+            return None
+        if seen == self._first and self._clock() - self._started < self.stale_seconds:
+            return None
+        return read_chief_failure(self.project_state_dir)
+
+
+_watches: dict[str, ChiefFailureWatch] = {}
+
+
+def chief_failure_watch(project_state_dir: str) -> ChiefFailureWatch:
+    """The process's one watch of this project (made at the first call: a worker calls this as it
+    starts, so every later wait, data or gRPC, judges staleness from then)."""
+    key = os.path.abspath(project_state_dir)
+    if key not in _watches:
+        _watches[key] = ChiefFailureWatch(project_state_dir)
+    return _watches[key]

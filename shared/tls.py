@@ -159,6 +159,55 @@ def setup_error(details: str | None) -> str | None:
     return f"{match.group(1)}: {match.group(2).strip()}" if match.group(2) else match.group(1)
 
 
+def speaks_tls(address: str, timeout: float = 2.0) -> bool | None:
+    """Probe `address` ("host:port", "[v6]:port") once: True if what listens there answers a TLS
+    ClientHello with a TLS record (a ServerHello or an alert: it serves TLS), False if it answers
+    otherwise or closes the connection (a plaintext gRPC server), None if nothing could be reached
+    (refused, unresolved, no answer within `timeout`). Verifies nothing and sends no certificate:
+    it only tells a worker which protocol the chief speaks, to explain a refusal (`mismatch`)."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    outgoing = ssl.MemoryBIO()
+    hello = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=CHIEF_NAME)
+    try:
+        hello.do_handshake()
+    except ssl.SSLWantReadError:  # the ClientHello is written; the reply is read from the socket
+        pass
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(outgoing.read())
+            head = sock.recv(5)
+    except (ConnectionResetError, BrokenPipeError):
+        return False  # reached, and it hung up on a TLS ClientHello
+    except (OSError, ValueError):
+        return None
+    # A TLS record: content type handshake (22) or alert (21), then major version 3. Never the
+    # start of an HTTP/2 frame (a 24-bit length of over 1.4 MB, past any frame a server sends).
+    return len(head) >= 2 and head[0] in (21, 22) and head[1] == 3
+
+
+def protocol_mismatch(address: str, tls_dir: str, serves_tls: bool) -> str | None:
+    """What is wrong when the chief at `address` speaks TLS (`serves_tls`, from `speaks_tls`) and
+    this worker's `tls_dir` says otherwise (TLS on one side only); None when both agree."""
+    if serves_tls == bool(tls_dir):
+        return None
+    if serves_tls:
+        return f"the chief at {address} serves TLS and this worker does not (set {SETTING} here too)"
+    return f"the chief at {address} serves plaintext and this worker uses TLS (set {SETTING} at the chief too)"
+
+
+def describe(tls_dir: str, role: str) -> str:
+    """The line the chief and each worker log once at start: is TLS on, and from which folder."""
+    if not tls_dir:
+        return f"TLS off ({SETTING} is empty): the oracle {'serves' if role == 'chief' else 'is dialled in'} plaintext"
+    return f"TLS on ({SETTING}={tls_dir}): mutual TLS with this folder's ca.pem and {role}.pem"
+
+
 def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:
     """True once something accepts gRPC connections at `address` within `timeout` seconds (the
     chief's health check, tests); with `tls_dir`, over mutual TLS presenting the chief's own

@@ -1,7 +1,8 @@
 """`python -m worker`: ask the chief for trials and train them until told to stop.
 
 Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
-2 bad setting (one line naming it).
+2 bad setting (one line naming it). A chief that recorded a failed start
+(shared.layout.CHIEF_FAILED) ends a waiting worker with the chief's own code and reason.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def main() -> int:
         tuner_id = worker_id(settings.tuner_id)
     except ConfigError as exc:
         return _fail(2, str(exc))
+    from shared import layout, tls
+
+    # Watch for the chief's record of a failed start from now: one written while we start up
+    # (TensorFlow's import, the data) ends our first wait at once (see layout.ChiefFailureWatch).
+    watch = layout.chief_failure_watch(settings.project_state_dir)
 
     from shared import data, devices, hypermodels
     from shared.data import DataError
     from shared.loader import ImportFromStringError
-    from worker.client import ChiefUnreachable, DuplicateWorkerId, SearchFinished, TLSMismatch
+    from worker.client import ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished, TLSMismatch
 
     devices.configure_tensorflow(settings.tf_threads)
     try:
@@ -43,6 +49,12 @@ def main() -> int:
     except ValueError as exc:
         return _fail(2, str(exc))
     log.info("%s: chief %s, device %s", tuner_id, settings.oracle_address, device)
+    log.info("%s: %s", tuner_id, tls.describe(settings.tls_dir, "worker"))
+
+    def chief_gave_up():
+        failure = watch.check()
+        if failure is not None:
+            raise ChiefFailed(failure)
 
     from worker import runner
 
@@ -50,7 +62,8 @@ def main() -> int:
         log.info("%s: project %s is already finished; nothing to do", tuner_id, settings.project)
         return 0
     try:
-        dataset = data.load(settings.dataset, settings.data_dir, wait=settings.chief_timeout_seconds)
+        dataset = data.load(settings.dataset, settings.data_dir, wait=settings.chief_timeout_seconds,
+                            between=chief_gave_up)
         build_model = hypermodels.resolve(settings.model, dataset)
         runner.run(settings, tuner_id, device, dataset, build_model)
     except (ConfigError, ImportFromStringError) as exc:
@@ -60,6 +73,11 @@ def main() -> int:
         return 0
     except DuplicateWorkerId as exc:
         return _fail(2, f"KERASTUNER_TUNER_ID={tuner_id}: {exc}")
+    except ChiefFailed as exc:
+        if _search_finished(settings):  # a finished project's report failed: the search is over all the same
+            log.info("%s: project %s is finished; exiting", tuner_id, settings.project)
+            return 0
+        return _fail(exc.code, f"{tuner_id}: {exc}")
     except TLSMismatch as exc:
         return _fail(2, f"KTC_TLS_DIR={settings.tls_dir or '(unset)'}: {tuner_id}: {exc}")
     except ChiefUnreachable as exc:

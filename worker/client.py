@@ -14,7 +14,11 @@ when told IDLE and never says who it is. This client:
   is sent for it (UpdateTrial raises AttemptLost, EndTrial is skipped);
 - ends the search without waiting on a chief it no longer needs: after a heartbeat
   said `finished`, or when the chief is unreachable and the finished marker exists
-  (SearchFinished, at once).
+  (SearchFinished, at once);
+- stops waiting for a chief that will not come: one that recorded a failed start
+  (shared.layout.ChiefFailureWatch; ChiefFailed with its code and reason), or one that speaks the
+  other protocol (TLS on one side only: a single `shared.tls.speaks_tls` probe once the chief's
+  port answers; TLSMismatch), each within a retry or two instead of KTC_CHIEF_TIMEOUT_SECONDS.
 
 Private KerasTuner names used here: `OracleClient._oracle` (the local oracle the stock
 client wraps; we set it the same way so inherited code finds it).
@@ -73,6 +77,15 @@ class DuplicateWorkerId(kt_errors.FatalError):
     pass
 
 
+class ChiefFailed(kt_errors.FatalError):
+    """Fatal: the chief recorded that it could not start (shared.layout.ChiefFailure): `code` is
+    its exit code, the message quotes its reason."""
+
+    def __init__(self, failure: layout.ChiefFailure):
+        super().__init__(f"the chief could not start (it exited {failure.code}): {failure.reason}")
+        self.code = failure.code
+
+
 class SearchFinished(kt_errors.FatalError):
     """Fatal (ends `search`): the chief is gone and its finished marker says the search is over."""
 
@@ -106,6 +119,8 @@ class OracleClient(oracle_client.OracleClient):
         self._dial_lock = threading.Lock()
         self._dial()  # TLSError if KTC_TLS_DIR is unusable
         self.project_state_dir = project_state_dir
+        self._chief_failure = layout.chief_failure_watch(project_state_dir)
+        self._protocol_known = False  # a speaks_tls probe reached the chief (probed until one does)
         self.instance = uuid.uuid4().hex
         self.multi_worker, self.should_report = False, True
         self.heartbeat_seconds = 1.0  # the chief's value replaces it at register()
@@ -170,6 +185,24 @@ class OracleClient(oracle_client.OracleClient):
         closed = "socket closed" in (exc.details() or "").lower()
         return " (or it serves TLS: set KTC_TLS_DIR here too)" if closed and not self._tls_dir else ""
 
+    def _check_setup(self, exc: grpc.RpcError) -> None:
+        """Raise TLSMismatch if a call that found no chief failed because the two sides' TLS
+        set-ups differ: gRPC's details name a failed handshake (another CA; TLS against
+        plaintext), or, as those details vary (a plaintext client's connection to a TLS server
+        ends as "Socket closed" or "Connection reset by peer" depending on timing and network),
+        one probe of the chief's port says it speaks the other protocol."""
+        problem = tls.setup_error(exc.details())
+        if problem:
+            problem = f"the TLS handshake with the chief at {self.address} failed ({problem})"
+        elif exc.code() == grpc.StatusCode.UNAVAILABLE and not self._protocol_known:
+            serves_tls = tls.speaks_tls(self.address, timeout=1.0)
+            self._protocol_known = serves_tls is not None
+            if serves_tls is not None:
+                problem = tls.protocol_mismatch(self.address, self._tls_dir, serves_tls)
+        if problem:
+            raise TLSMismatch(f"{problem}: the chief and every worker need KTC_TLS_DIR, with files of one set "
+                              "(python -m shared.tls make DIR)") from None
+
     def _method(self, name: str):
         return getattr(self.cluster, name) if name in rpc.METHODS else getattr(self.stub, name)
 
@@ -191,15 +224,13 @@ class OracleClient(oracle_client.OracleClient):
                 retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not retryable or self._stopping.is_set():
                     raise
-                mismatch = tls.setup_error(exc.details())
-                if mismatch:
-                    raise TLSMismatch(
-                        f"the TLS handshake with the chief at {self.address} failed ({mismatch}): the chief "
-                        "and every worker need KTC_TLS_DIR, with files of one set (python -m shared.tls make DIR)"
-                    ) from None
+                self._check_setup(exc)
                 if layout.search_finished(self.project_state_dir):
                     raise SearchFinished(f"chief at {self.address} unreachable ({code.name}) and the "
                                          "search is marked finished") from None
+                failure = self._chief_failure.check()
+                if failure is not None:
+                    raise ChiefFailed(failure) from None
                 if deadline - time.monotonic() <= pause:
                     raise ChiefUnreachable(
                         f"chief at {self.address} unreachable for {self.timeout:.0f}s "
