@@ -3,8 +3,10 @@
 - Experiment config (chief, once per project, at the log root): every
   hyperparameter of the declared search space with its true domain, plus
   ktcluster's columns `status`, `error`, `worker` and `device`, and the metrics
-  the model reports (the objective first), with readable names and the
-  objective's direction.
+  the model reports as the oracle records them (`best_epoch/<name>`: KerasTuner
+  scores a trial by its best epoch), the objective first, its display name
+  carrying its direction (`val accuracy (objective, max)`): sorting the table
+  by it puts the chief's best trial first.
 - Default columns: the dashboard ticks the first five hyperparameters of the
   config after sorting it by `differs` (true first), then by name, and draws a
   parallel-coordinates line or scatter point only for a trial with a value on
@@ -13,16 +15,18 @@
   hyperparameters that every build of the model asks for (`model_type` and
   `dropout` in the guide). Conditional ones (`cnn_layers`, `units_0`, ...) are
   declared, recorded by the trials that used them, one tick away.
-- Sessions, one per execution of a trial attempt, in
-  `<trial>/execution<N>` (attempt 1) or `<trial>/attempt<k>/execution<N>`:
+- Sessions, one per execution of a trial attempt, in its run
+  `<trial>/execution<N>` (attempt 1) or `<trial>/attempt<k>/execution<N>`
+  (the run's curves and graphs: `shared.board`):
   * while training, a placeholder session in `<run>/live` (status `running`,
-    no metrics) so running trials are listed;
+    no metrics) so running trials are listed (TensorBoard keeps the first
+    session record of a run, so the placeholder needs a run of its own);
   * at the end, the placeholder gets an end record with a status outside
     TensorBoard's enum (`SUPERSEDED`: the dashboard lists only unknown, success,
     failure and running sessions, so it disappears) and
     the run itself gets the final session: the values the model was built with,
-    who ran it where, `status` and a short `error`, and SUCCESS or FAILURE.
-    Its metrics are Keras' curves in `<run>/train` and `<run>/validation`.
+    who ran it where, `status` and a short `error`, SUCCESS or FAILURE, and for
+    a completed attempt the trial's metrics (`best_epoch/<name>`).
   * session groups (the table's rows) are named by the trial id for an attempt
     that completed, `<trial> attempt <k>` for one that did not: a retried
     trial's result is never averaged with its dead attempt.
@@ -33,14 +37,15 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import time
 
-import keras
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api as hp_api
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary, summary_v2
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 WORKER = "worker"
@@ -111,18 +116,29 @@ def _readable(name: str) -> str:
     return name.replace("_", " ")
 
 
+METRIC_PREFIX = "best_epoch/"  # the oracle's record of a trial's metrics, in its final session
+
+
+def metric_tag(name: str) -> str:
+    """The HParams metric of a value the oracle records (`val_accuracy` -> `best_epoch/val_accuracy`)."""
+    return METRIC_PREFIX + name
+
+
 def metric_infos(metric_names, objective) -> list:
-    """(training|validation, epoch_<name>) for each metric Keras logs, the objective first (the
-    dashboard shows the first five); the objective says its direction."""
-    metrics = []
-    for name in metric_names:
-        for group, split, prefix in (("validation", "validation", "val_"), ("train", "training", "")):
-            is_objective = prefix + name == objective.name
-            description = (f"objective: {'maximize' if objective.direction == 'max' else 'minimize'} "
-                           f"{objective.name}") if is_objective else ""
-            metrics.append((not is_objective, hp_api.Metric(
-                f"epoch_{name}", group=group, display_name=f"{split} {_readable(name)}", description=description)))
-    return [metric for _, metric in sorted(metrics, key=lambda pair: pair[0])]
+    """One HParams metric per value the oracle records for a trial: each of `metric_names`
+    (what Keras logs for training) and its `val_` twin, the objective first (the dashboard
+    shows the first five) with its direction in its display name, so that sorting the table by
+    it, in that direction, lists the chief's best trial first."""
+    direction = "max" if objective.direction == "max" else "min"
+    names = [prefix + name for name in metric_names for prefix in ("val_", "")]
+    names = [objective.name] + [name for name in names if name != objective.name]
+    return [hp_api.Metric(metric_tag(name), group="",
+                          display_name=f"{_readable(name)} (objective, {direction})" if i == 0
+                          else f"{_readable(name)} (best epoch)",
+                          description=(f"objective: {'maximize' if direction == 'max' else 'minimize'} {name}, "
+                                       "the trial's score as the oracle recorded it") if i == 0
+                          else f"{name} at the trial's best epoch, as the oracle recorded it")
+            for i, name in enumerate(names)]
 
 
 def always_used(build_model, space, max_builds: int = 16) -> list[str]:
@@ -241,17 +257,39 @@ def _failure_text(message: str):
 
 
 def write_final_session(log_dir: str, values: dict, group: str, status: str, error: str = "",
-                        message: str = "", start_time_secs: float | None = None) -> bool:
+                        message: str = "", start_time_secs: float | None = None, metrics: dict | None = None) -> bool:
     """The run's one final session: `values` plus status and error, then its end record
-    (SUCCESS for `completed`, else FAILURE) and the full `message` in the Text tab (tag
-    `failure`). False (nothing written) if the run already has one: the first word stands."""
+    (SUCCESS for `completed`, else FAILURE), the full `message` in the Text tab (tag
+    `failure`) and `metrics` (name -> the oracle's value; non-finite ones are left out) as the
+    HParams metrics. False (nothing written) if the run already has one: the first word stands."""
     if _has_final(log_dir):
         return False
     start = summary.session_start_pb(_plain({**values, STATUS: status, ERROR: error}), group_name=group,
                                      start_time_secs=start_time_secs)
     end = summary.session_end_pb(api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE)
-    _write(log_dir, [start, end] + ([_failure_text(message)] if message else []), SESSION_SUFFIX)
+    scores = [scalar_summary.scalar_pb(metric_tag(name), float(value))
+              for name, value in sorted((metrics or {}).items()) if _finite(value)]
+    _write(log_dir, [start] + scores + [end] + ([_failure_text(message)] if message else []), SESSION_SUFFIX)
     return True
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def write_live_session(log_dir: str, values: dict, group: str, start_time_secs: float) -> None:
+    """The placeholder session of an attempt that started training: `<log_dir>/live`, status running."""
+    start = summary.session_start_pb(_plain({**values, STATUS: "running", ERROR: ""}), group_name=group,
+                                     start_time_secs=start_time_secs)
+    _write(os.path.join(log_dir, LIVE), [start])
+
+
+def end_live_session(log_dir: str) -> None:
+    """Take the placeholder off the dashboard once the run has its final session (SUPERSEDED)."""
+    _write(os.path.join(log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])
 
 
 def _live_start(log_dir: str):
@@ -292,7 +330,7 @@ def mark_attempt_lost(log_root: str, trial_id: str, attempt: int, reason: str) -
         if write_final_session(log_dir, values, group_name(trial_id, attempt, False), "lost", short_error(reason),
                                message=reason, start_time_secs=start.start_time_secs):
             closed += 1
-        _write(os.path.join(log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])
+        end_live_session(log_dir)
     return closed
 
 
@@ -302,58 +340,3 @@ def close_earlier_attempts(log_root: str, trial_id: str, attempt: int, worker: s
     when it re-queued the attempt, comes first and its reason stands."""
     reason = f"no result (worker lost); attempt {attempt} ran on {worker}"
     return sum(mark_attempt_lost(log_root, trial_id, earlier, reason) for earlier in range(1, attempt))
-
-
-class TrialRecorder(keras.callbacks.Callback):
-    """One execution of one trial attempt in `log_dir` (see the module docstring).
-
-    `on_train_begin` writes the `live` placeholder session; `end()` writes the final
-    session once the status is known. A trial that failed before training (e.g. in its
-    build) gets only the final session, so it still shows as failed.
-    """
-
-    def __init__(self, log_dir: str, trial, worker: str, device: str, used=None, attempt: int = 1):
-        super().__init__()
-        self.log_dir, self.trial, self.worker, self.device, self.used = log_dir, trial, worker, device, used
-        self.attempt = attempt
-        self._started: float | None = None
-        self._ended = False
-
-    def _values(self) -> dict:
-        return trial_values(self.trial.hyperparameters, self.worker, self.device, self.used)
-
-    def on_train_begin(self, logs=None):
-        self._started = time.time()
-        start = summary.session_start_pb(_plain({**self._values(), STATUS: "running", ERROR: ""}),
-                                         group_name=group_name(self.trial.trial_id, self.attempt, False),
-                                         start_time_secs=self._started)
-        _write(os.path.join(self.log_dir, LIVE), [start])
-
-    def end(self, status: int, message: str = "", lost: bool = False) -> None:
-        """Write the final session once (`status`: api_pb2.STATUS_SUCCESS or STATUS_FAILURE;
-        `lost`: the attempt was taken away from this worker, status `lost`). If the chief already
-        closed the attempt (`mark_attempt_lost`), its word stands."""
-        if self._ended:
-            return
-        self._ended = True
-        completed = status == api_pb2.STATUS_SUCCESS and not lost
-        word = "completed" if completed else "lost" if lost else "failed"
-        write_final_session(self.log_dir, self._values(), group_name(self.trial.trial_id, self.attempt, completed),
-                            word, "" if completed else short_error(message), message=message,
-                            start_time_secs=self._started)
-        if self._started is not None:
-            _write(os.path.join(self.log_dir, LIVE), [summary.session_end_pb(SUPERSEDED)])
-
-
-class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """Keras's TensorBoard callback without the per-batch summary calls it makes and discards.
-
-    Keras calls `summary.scalar` for every value of every training batch; with
-    `update_freq="epoch"` (the default, and ktcluster's) no writer is set during batches, so
-    each call writes nothing but still costs TensorFlow work. Here those values are not passed
-    on at that setting; everything else (epoch curves, graph, profiling) is Keras's own.
-    Other `update_freq` values: unchanged.
-    """
-
-    def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, logs=None if self.update_freq == "epoch" else logs)

@@ -7,7 +7,7 @@ sends nothing more (worker.client).
 
 Private KerasTuner names used here, each overridden through a subclass:
 - `Tuner._build_hypermodel`: to record which hyperparameters a build asked for;
-- `Tuner._configure_tensorboard_dir`: one TensorBoard run per attempt, with ktcluster's HParams;
+- `Tuner._configure_tensorboard_dir`: one TensorBoard run per attempt (shared.board), with ktcluster's HParams;
 - `Tuner._get_checkpoint_fname`, `Tuner._get_build_config_fname`: the per-attempt folders;
 """
 
@@ -17,12 +17,13 @@ import gc
 import logging
 import os
 
+import grpc
 import keras
 import keras_tuner as kt
 import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2
 
-from shared import hparams, layout, tuning
+from shared import board, hparams, layout, tuning
 from worker.client import AttemptLost, OracleClient
 from worker.guard import AttemptGuard
 
@@ -81,7 +82,7 @@ class ClusterTuner(kt.Tuner):
                                    settings.chief_timeout_seconds, settings.project_state_dir,
                                    tls_dir=settings.tls_dir)
         self.settings, self.device = settings, device
-        self._recorders: dict[str, list[hparams.TrialRecorder]] = {}
+        self._boards: dict[str, list[board.AttemptBoard]] = {}
         self._used: set[str] = set()  # hyperparameters the current trial's build asked for
         self._gradients_before: set[str] = set()
 
@@ -129,15 +130,16 @@ class ClusterTuner(kt.Tuner):
                 self._used |= used  # in place: this trial's recorders hold this very set
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-        """Point TensorBoard at this attempt's own run and add ktcluster's HParams record."""
+        """Give this execution of the attempt its own TensorBoard run (shared.board), and point a
+        TensorBoard callback of the caller's, if any, at that run too."""
         attempt = self.oracle.attempt_of(trial.trial_id) or 1
-        for callback in list(callbacks):
+        log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
+        for callback in callbacks:
             if isinstance(callback, keras.callbacks.TensorBoard):
-                log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
                 callback.log_dir = log_dir
-                recorder = hparams.TrialRecorder(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
-                self._recorders.setdefault(trial.trial_id, []).append(recorder)
-                callbacks.append(recorder)
+        attempt_board = board.AttemptBoard(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
+        self._boards.setdefault(trial.trial_id, []).append(attempt_board)
+        callbacks.append(attempt_board)
 
     def on_trial_begin(self, trial):
         self._used = set()
@@ -154,13 +156,15 @@ class ClusterTuner(kt.Tuner):
         super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
-        """Close the attempt's TensorBoard run and report the end; a lost attempt reports
-        nothing (the client sends no EndTrial for it) and its run ends as a failure."""
+        """Close the attempt's TensorBoard runs and report the end; a lost attempt reports
+        nothing (the client sends no EndTrial for it) and its runs end as a failure."""
         lost = self.oracle.is_lost(trial.trial_id)
         failed = lost or trial.status != kt.engine.trial.TrialStatus.COMPLETED
-        for recorder in self._recorders.pop(trial.trial_id, []):
-            recorder.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
-                         "attempt taken away" if lost else trial.message if failed else "", lost=lost)
+        metrics = None if failed else self._recorded_metrics(trial.trial_id)
+        for attempt_board in self._boards.pop(trial.trial_id, []):
+            attempt_board.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
+                              "attempt taken away" if lost else trial.message if failed else "", lost=lost,
+                              metrics=metrics)
         self.oracle.used[trial.trial_id] = sorted(self._used)
         if lost:
             pass  # the client logged it once, when it learnt it
@@ -171,6 +175,18 @@ class ClusterTuner(kt.Tuner):
             log.info("%s ends trial %s: %s", self.tuner_id, trial.trial_id, trial.status)
         super().on_trial_end(trial)
         release_traced_gradients(self._gradients_before)
+
+    def _recorded_metrics(self, trial_id: str) -> dict | None:
+        """The trial's metrics as the oracle recorded them (for each, its best value: the
+        objective's is the trial's score), for TensorBoard's HParams; None if the chief cannot
+        say (the dashboard then shows no metrics for the trial; its result still counts)."""
+        try:
+            tracker = self.oracle.get_trial(trial_id).metrics
+            return {name: tracker.get_best_value(name) for name in tracker.metrics}
+        except (grpc.RpcError, kt.errors.FatalError) as exc:
+            log.warning("%s: trial %s: the chief did not return its metrics for TensorBoard (%s)",
+                        self.tuner_id, trial_id, exc)
+            return None
 
 
 class HyperbandClusterTuner(ClusterTuner, kt.Hyperband):
@@ -191,7 +207,6 @@ def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
             dataset.x_train, dataset.y_train,
             validation_data=(dataset.x_val, dataset.y_val),
             epochs=settings.epochs,
-            callbacks=[hparams.EpochTensorBoard(settings.project_log_dir)],
             verbose=2,
         )
     finally:

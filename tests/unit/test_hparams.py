@@ -1,7 +1,8 @@
 """What TensorBoard's HParams dashboard gets from ktcluster's records, read back by a real TensorBoard.
 
-Trials of the guide's space are recorded with the worker's own recorder (and, for a dead
-attempt, the chief's `mark_attempt_lost`), their metrics written where Keras writes them; the
+Trials of the guide's space are recorded with the worker's own board (and, for a dead
+attempt, the chief's `mark_attempt_lost`), fed the epochs Keras would log and, for a completed
+attempt, the metrics the oracle recorded (each at the trial's best epoch); the
 dashboard's rules are applied to what TensorBoard serves: it ticks the first five
 hyperparameters of the experiment (sorted by `differs`, then name) and the first five metrics,
 lists sessions of status unknown, success, failure and running, and draws a trial only if it has
@@ -11,13 +12,12 @@ a value on every ticked column.
 import os
 import sys
 
-import keras
 import keras_tuner as kt
 import pytest
-import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2
 
 from shared import hparams, hypermodels, tuning
+from shared.board import AttemptBoard
 from tests.procs import free_port, hparams_session_groups, http_json, processes, wait_until
 
 OBJECTIVE = kt.Objective("val_accuracy", "max")
@@ -42,27 +42,25 @@ def _used(build, trial):
     return used
 
 
-def _epochs(log_dir, accuracies):
-    """Keras' curves: epoch_accuracy/epoch_loss per epoch in <run>/validation and <run>/train."""
-    for split in ("validation", "train"):
-        writer = tf.summary.create_file_writer(os.path.join(log_dir, split))
-        with writer.as_default():
-            for step, accuracy in enumerate(accuracies):
-                tf.summary.scalar("epoch_accuracy", accuracy, step=step)
-                tf.summary.scalar("epoch_loss", 1 - accuracy, step=step)
-        writer.close()
+def _recorded(accuracies):
+    """What the oracle records for a completed trial: every value at the best epoch (by val_accuracy)."""
+    best = max(range(len(accuracies)), key=lambda i: accuracies[i])
+    return {"val_accuracy": accuracies[best], "val_loss": 1 - accuracies[best], "accuracy": accuracies[best] - 0.01,
+            "loss": 1.01 - accuracies[best]}
 
 
 def _run(build, root, trial, worker, attempt, accuracies, outcome, message=""):
     """One attempt as the worker records it; outcome None: the worker died mid-training;
     "running": still training; "taken": the chief took it away (lease expired) from a live worker."""
-    recorder = hparams.TrialRecorder(hparams.attempt_log_dir(str(root), trial.trial_id, attempt, 0), trial,
-                                     worker, "CPU", _used(build, trial) if outcome != "build" else set(), attempt)
+    recorder = AttemptBoard(hparams.attempt_log_dir(str(root), trial.trial_id, attempt, 0), trial,
+                                  worker, "CPU", _used(build, trial) if outcome != "build" else set(), attempt)
     if outcome != "build":
         recorder.on_train_begin()
-        _epochs(recorder.log_dir, accuracies)
+        for epoch, accuracy in enumerate(accuracies):  # as Keras logs them
+            recorder.on_epoch_end(epoch, {"loss": 1.01 - accuracy, "accuracy": accuracy - 0.01,
+                                          "val_loss": 1 - accuracy, "val_accuracy": accuracy})
     if outcome == "ok":
-        recorder.end(api_pb2.STATUS_SUCCESS)
+        recorder.end(api_pb2.STATUS_SUCCESS, metrics=_recorded(accuracies))
     elif outcome in ("fail", "build"):
         recorder.end(api_pb2.STATUS_FAILURE, message)
     elif outcome == "taken":
@@ -90,7 +88,7 @@ def board(tmp_path_factory):
         "8": _trial(space, "8", model_type="cnn"),
         "9": _trial(space, "9", model_type="mlp", dropout=True),
     }
-    _run(build, root, trials["0"], "worker-1", 1, [0.5, 0.8], "ok")
+    _run(build, root, trials["0"], "worker-1", 1, [0.97, 0.8], "ok")  # the best epoch is not the last
     _run(build, root, trials["1"], "worker-2", 1, [0.4, 0.7], "ok")
     _run(build, root, trials["2"], "worker-1", 1, [0.6, 0.9], "ok")
     _run(build, root, trials["3"], "worker-2", 1, [0.3, 0.6], "ok")
@@ -136,8 +134,9 @@ def _rows(base):
     return {g["name"]: g for g in groups}
 
 
-def _metric(group, split, tag="epoch_accuracy"):
-    values = [m["value"] for m in group.get("metricValues", []) if m["name"] == {"group": split, "tag": tag}]
+def _metric(group, name="val_accuracy"):
+    """The row's value of an HParams metric (the oracle's record), None if it has none."""
+    values = [m["value"] for m in group.get("metricValues", []) if m["name"]["tag"] == hparams.metric_tag(name)]
     return values[0] if values else None
 
 
@@ -150,10 +149,10 @@ def test_first_opening_shows_model_type_worker_status_and_the_objective_for_ever
     assert set(ticked) == {"model_type", "worker", "status", "error", "dropout"}, ticked
     assert {"cnn_layers", "filters_0", "mlp_layers", "units_0", "device"} <= {h["name"] for h in infos}  # declared
     metrics = [m["name"] for m in experiment["metricInfos"]][:5]
-    assert metrics[0] == {"group": "validation", "tag": "epoch_accuracy"}
+    assert metrics[0]["tag"] == "best_epoch/val_accuracy" and not metrics[0].get("group")
     rows = _rows(board["base"])
     drawn = [name for name, g in rows.items()
-             if all(name in g["hparams"] for name in ticked) and _metric(g, "validation") is not None]
+             if all(name in g["hparams"] for name in ticked) and _metric(g) is not None]
     completed = [name for name, g in rows.items() if g["hparams"]["status"] == "completed"]
     assert sorted(completed) == ["0", "1", "2", "3", "4", "7", "9"]
     assert set(completed) <= set(drawn)  # every MLP and CNN trial: a line, a point
@@ -169,14 +168,14 @@ def test_a_retried_trial_is_one_row_with_the_attempt_that_produced_the_result(bo
     result = rows["4"]
     assert result["hparams"]["worker"] == "worker-2" and result["hparams"]["status"] == "completed"
     assert [s["status"] for s in result["sessions"]] == ["STATUS_SUCCESS"]
-    assert _metric(result, "validation") == pytest.approx(0.95)  # not averaged with the dead attempt's 0.1
+    assert _metric(result) == pytest.approx(0.95)  # not averaged with the dead attempt
     dead = rows["4 attempt 1"]
     assert dead["hparams"]["worker"] == "worker-1" and dead["hparams"]["status"] == "lost"
     assert dead["hparams"]["error"].startswith("LeaseExpired: worker-1 silent")
     assert dead["hparams"]["filters_0"] == 96 and [s["status"] for s in dead["sessions"]] == ["STATUS_FAILURE"]
-    assert _metric(dead, "validation") == pytest.approx(0.1)
+    assert _metric(dead) is None  # no result: its curve only (below)
     # without the chief's word, the next attempt's worker closes the dead one
-    assert (rows["7"]["hparams"]["worker"], _metric(rows["7"], "validation")) == ("worker-1", pytest.approx(0.6))
+    assert (rows["7"]["hparams"]["worker"], _metric(rows["7"])) == ("worker-1", pytest.approx(0.6))
     assert rows["7 attempt 1"]["hparams"]["status"] == "lost" and rows["7 attempt 1"]["hparams"]["worker"] == "worker-2"
     taken = rows["9 attempt 1"]["hparams"]  # taken away from a live worker, which says so itself
     assert (taken["status"], taken["error"], taken["worker"]) == ("lost", "attempt taken away", "worker-2")
@@ -210,28 +209,36 @@ def test_short_error_is_the_last_line_and_bounded():
     assert hparams.short_error("") == ""
 
 
-def _tags(run_dir) -> set[str]:
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+def test_the_objective_is_the_trials_score_with_its_direction_and_sorting_by_it_puts_the_chiefs_best_first(board):
+    """Trial 0 peaked at its first epoch (0.97) and ended at 0.8: KerasTuner scores it 0.97,
+    the best of the search, and so must the dashboard (its last epoch would rank trial 4 first)."""
+    experiment = _experiment(board["base"])
+    objective = experiment["metricInfos"][0]
+    assert objective["name"]["tag"] == "best_epoch/val_accuracy"
+    assert objective["displayName"] == "val accuracy (objective, max)"
+    assert "maximize val_accuracy" in objective["description"]
+    others = {m["name"]["tag"]: m["displayName"] for m in experiment["metricInfos"][1:]}
+    assert others["best_epoch/val_loss"] == "val loss (best epoch)" and "best_epoch/loss" in others
+    rows = _rows(board["base"])
+    assert _metric(rows["0"]) == pytest.approx(0.97) and _metric(rows["0"], "val_loss") == pytest.approx(0.03)
+    body = {"experimentName": "", "allowedStatuses": sorted(DASHBOARD_STATUSES),
+            "colParams": [{"metric": objective["name"], "order": "ORDER_DESC", "missingValuesFirst": False}],
+            "aggregationType": "AGGREGATION_AVG", "startIndex": 0, "sliceSize": 1000, "includeMetrics": True}
+    ranked = http_json(f"{board['base']}/data/plugin/hparams/session_groups", body)["sessionGroups"]
+    assert [g["name"] for g in ranked[:3]] == ["0", "4", "2"]  # as the chief ranks them: 0.97, 0.95, 0.9
 
-    tags = set()
-    for name in os.listdir(run_dir):
-        for event in EventFileLoader(os.path.join(run_dir, name)).Load():
-            tags |= {v.tag for v in event.summary.value}
-    return tags
 
-
-@pytest.mark.parametrize("callback, batch_calls", [(keras.callbacks.TensorBoard, True),
-                                                   (hparams.EpochTensorBoard, False)])
-def test_the_workers_tensorboard_callback_writes_keras_curves_without_per_batch_summary_calls(
-        tmp_path, monkeypatch, callback, batch_calls):
-    names, board = [], callback(str(tmp_path))
-    real = board.summary.scalar  # the summary module the callback writes with
-    monkeypatch.setattr(board.summary, "scalar", lambda name, *a, **kw: names.append(name) or real(name, *a, **kw))
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    x, y = tf.random.normal((64, 4)), tf.random.uniform((64,), maxval=3, dtype=tf.int32)
-    model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=8, verbose=0, callbacks=[board])
-    assert any(n.startswith("batch_") for n in names) is batch_calls  # Keras's calls, each writing nothing
-    assert _tags(tmp_path / "train") >= {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "keras"}
-    assert _tags(tmp_path / "validation") >= {"epoch_loss", "epoch_accuracy"}
-    assert not {t for t in _tags(tmp_path / "train") if t.startswith("batch_")}
+def test_the_per_epoch_curves_are_every_epoch_keras_logged_one_run_per_attempt(board):
+    """Scalars: each trained attempt is one run with every epoch's training and validation values;
+    a trial costs two runs (its run and its `live` placeholder), so the 10-trial search with 3 dead
+    attempts is 26 runs, under the 40 past which TensorBoard ticks none on first opening."""
+    runs = http_json(f"{board['base']}/data/runs")
+    assert len(runs) == 26 and len(runs) <= 40, runs
+    tags = http_json(f"{board['base']}/data/plugin/scalars/tags")
+    trained = [r for r in runs if not r.endswith("/live") and r not in (".", "5/execution0")]
+    assert sorted(tags) == sorted(trained)
+    assert all({"epoch_loss", "epoch_accuracy", "epoch_val_loss", "epoch_val_accuracy"} <= set(tags[r]) for r in trained)
+    curve = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=0/execution0&tag=epoch_val_accuracy")
+    assert [round(point[2], 4) for point in curve] == [0.97, 0.8]  # the curve itself, last epoch included
+    dead = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=4/execution0&tag=epoch_val_accuracy")
+    assert [round(point[2], 4) for point in dead] == [0.1]  # the dead attempt's epoch, in its own run
