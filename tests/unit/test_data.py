@@ -117,3 +117,24 @@ def test_custom_dataset_function(tmp_path, monkeypatch):
     with pytest.raises(ImportFromStringError, match="has no attribute 'nope'"):
         data.load("my_data:nope", str(tmp_path))
     sys.modules.pop("my_data", None)
+
+
+def test_a_worker_waiting_for_the_cache_stops_when_told_to(tmp_path):
+    """`between` is asked at every poll: a worker raises from it once the chief recorded that it
+    could not start, instead of waiting out `wait`."""
+    import time
+
+    class ChiefGone(Exception):
+        pass
+
+    calls = []
+
+    def between():
+        calls.append(1)
+        if len(calls) == 3:
+            raise ChiefGone
+
+    started = time.monotonic()
+    with pytest.raises(ChiefGone):
+        data.load("mnist", str(tmp_path), wait=60, between=between)
+    assert time.monotonic() - started < 5 and len(calls) == 3

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -252,10 +253,62 @@ def test_a_tls_worker_against_a_plaintext_chief_stops_at_once(sets, tmp_path):
         assert time.monotonic() - started < 10
 
 
-def test_a_plaintext_worker_against_a_tls_chief_is_told_it_may_need_ktc_tls_dir(chief, tmp_path):
+def test_a_plaintext_worker_against_a_tls_chief_stops_at_once_naming_ktc_tls_dir(chief, tmp_path):
+    """Whatever gRPC's details say ("Socket closed" here; "Connection reset by peer" on a
+    Compose network), one probe of the port tells a TLS chief from an outage."""
     _, address = chief
-    with pytest.raises(ChiefUnreachable, match=r"set KTC_TLS_DIR here too"):
-        _register(address, "", tmp_path, timeout=2)
+    started = time.monotonic()
+    with pytest.raises(TLSMismatch, match=r"serves TLS and this worker does not \(set KTC_TLS_DIR here too\)"):
+        _register(address, "", tmp_path, timeout=60)
+    assert time.monotonic() - started < 10
+
+
+def test_the_probe_tells_tls_from_plaintext_from_nothing(chief, tmp_path):
+    _, address = chief
+    assert tls.speaks_tls(address) is True
+    with _plaintext_chief(tmp_path) as plain:
+        assert tls.speaks_tls(plain) is False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    assert tls.speaks_tls(closed) is None and tls.speaks_tls("no-such-host.invalid:8000") is None
+    with socket.socket() as silent:  # accepts, never answers: within the timeout, nothing is known
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        assert tls.speaks_tls(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) is None
+        assert time.monotonic() - started < 3
+
+
+def test_a_protocol_mismatch_names_the_side_and_the_setting():
+    assert tls.protocol_mismatch("chief:8000", "", serves_tls=False) is None
+    assert tls.protocol_mismatch("chief:8000", "/ktc/tls", serves_tls=True) is None
+    assert "serves TLS and this worker does not (set KTC_TLS_DIR here too)" in tls.protocol_mismatch(
+        "chief:8000", "", serves_tls=True)
+    assert "serves plaintext and this worker uses TLS (set KTC_TLS_DIR at the chief too)" in tls.protocol_mismatch(
+        "chief:8000", "/ktc/tls", serves_tls=False)
+
+
+def test_a_plaintext_worker_still_waits_out_a_chief_that_is_down(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ChiefUnreachable, match="KTC_CHIEF_TIMEOUT_SECONDS"):
+        _register(closed, "", tmp_path, timeout=2)
+
+
+def test_tls_material_is_ignored_by_git_and_docker():
+    for path in ("tls/chief.key", "tls/ca.pem"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert ignored.returncode == 0, f"{path} is not ignored by git (.gitignore)"
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        patterns = {line.strip().rstrip("/") for line in f if line.strip() and not line.startswith("#")}
+    assert "tls" in patterns, "tls/ is not in .dockerignore"
+
+
+def test_each_side_says_whether_tls_is_on():
+    assert tls.describe("", "chief").startswith("TLS off (KTC_TLS_DIR is empty)")
+    assert tls.describe("/ktc/tls", "worker").startswith("TLS on (KTC_TLS_DIR=/ktc/tls)")
 
 
 def test_tls_setup_errors_are_told_from_outages():
