@@ -18,12 +18,17 @@ Every private KerasTuner name ktcluster's chief uses is used here and nowhere el
   the retry queue and tried values, read by the coordinator and rebuilt by `restore`.
 - `engine.oracle.LOCKS` / `THREADS`: `@synchronized` releases its lock only on a normal return;
   `release_lock_after_error` releases it when a stock method raised.
+- `Oracle._retry(trial)`: stock prints `Trial 07 failed 1 times. 1 retries left.` bare to stdout;
+  overridden to send what it prints to the chief's log, in its format.
 Tested with keras-tuner TESTED_KERAS_TUNER; `version_warning()` says so when another is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
+import logging
 import math
 import os
 import threading
@@ -39,6 +44,7 @@ MAX_HYPERPARAMETERS = 1000
 MAX_NAME_LENGTH = 128
 RUNNING = trial_module.TrialStatus.RUNNING
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
+stock_log = logging.getLogger("ktcluster.keras_tuner")  # what stock prints, as chief log lines
 
 
 class InvalidSpace(ValueError):
@@ -80,6 +86,17 @@ class ClusterOracleMixin:
 
     def save(self) -> None:
         self.writer.save()
+
+    def _retry(self, trial) -> bool:
+        """Stock's retry decision; what it prints goes to the log (sys.stdout is swapped for the
+        call: a print from another thread meanwhile is logged too, never lost)."""
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                return super()._retry(trial)
+        finally:
+            for line in filter(None, map(str.strip, printed.getvalue().splitlines())):
+                stock_log.info("KerasTuner: %s", line)
 
     def _check_consecutive_failures(self) -> None:
         """Only the tail of `end_order` can form a new run of failures; record it, never raise."""
