@@ -76,7 +76,7 @@ class Coordinator:
         self._changed = threading.Condition()
         self._on_event, self._on_attempt_lost = on_event, on_attempt_lost
         self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
-        self.tally = progress.Tally.of(oracle, self.book)
+        self.tally = progress.Tally.of(oracle, self.book, clock)
         self._over = False
         self._check_finished()
         if self._over:
@@ -194,8 +194,7 @@ class Coordinator:
             self._notify()
         for trial_id, attempt, message in expired:  # files only: outside the lock
             self._on_attempt_lost(trial_id, attempt, message)
-        if expired:
-            self._on_event(self)
+        self._on_event(self)  # also: a worker fell silent, or was heard again
         return [trial_id for trial_id, _, _ in expired]
 
     def _lease_of(self, worker: str) -> float:
@@ -350,12 +349,12 @@ class Coordinator:
 
     def progress(self) -> progress.Summary:
         """The summary `progress.line` prints, without touching every trial; it takes the count of
-        trial lines skipped since the last call."""
+        trial lines skipped since the last call. Silent: more than two heartbeats unheard."""
         with self._lock:
-            running = {r.owner: t for t, r in self.book.running.items()}
-            total = self.oracle.max_trials or len(self.oracle.trials)
-            return self.tally.summary(total, running, len(self.oracle.queued_ids), self.oracle.objective.name,
-                                      skipped=self.trial_lines.take_skipped(), budget=self.trial_lines.rate)
+            return self.tally.summary(self.oracle.max_trials or len(self.oracle.trials),
+                                      {r.owner: t for t, r in self.book.running.items()}, len(self.oracle.queued_ids),
+                                      self.oracle.objective.name, self.trial_lines.take_skipped(),
+                                      self.trial_lines.rate, self.leases.presence(2 * self.heartbeat_seconds))
 
     # -- state of the search --------------------------------------------------------
     def wait_for_stop_heard(self, timeout: float) -> list[str]:

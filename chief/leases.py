@@ -9,6 +9,8 @@ Two clocks run per worker id, both fed by heartbeats:
   (`deaf`: a long oracle call, during which heartbeats wait) does not count.
 Stock KerasTuner clients send no heartbeat: each of their calls renews a lease of
 `stock_lease_seconds` (`renew_stock`), long enough to cover an epoch between reports.
+`presence()` tells the progress line, as a `Presence` record, how many ids hold a lease and
+which ktcluster workers have been silent for longer than the caller allows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ class _Holder:
     info: str = ""
     deaf: float = 0.0  # seconds since `seen` during which the chief could not hear heartbeats
     lease: float | None = None  # None: the ktcluster lease
+
+
+@dataclasses.dataclass(frozen=True)
+class Presence:
+    """The lease holders at one moment (`Leases.presence`)."""
+
+    workers: int  # ids holding a lease: heard from lately, or silent but not yet expired
+    silent: dict[str, float]  # worker -> seconds it has not been heard, for those past the threshold
 
 
 STOCK = "stock KerasTuner client"  # the instance of ids held by stock clients
@@ -103,6 +113,15 @@ class Leases:
         for _, worker in gone:
             del self._holders[worker]
         return [worker for _, worker in gone]
+
+    def presence(self, silent_after: float) -> Presence:
+        """How many ids hold a lease, and the ktcluster workers not heard for more than
+        `silent_after` seconds (callers pass a few heartbeat intervals: one late beat is noise).
+        Time the chief was deaf does not count, as for leases. Stock clients are never listed:
+        they send no heartbeats, only calls an epoch or more apart."""
+        now = self.clock()
+        quiet = {w: now - h.seen - h.deaf for w, h in self._holders.items() if h.instance != STOCK}
+        return Presence(len(self._holders), {w: s for w, s in quiet.items() if s > silent_after})
 
     def silent_for(self, worker: str) -> float | None:
         holder = self._holders.get(worker)

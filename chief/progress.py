@@ -49,12 +49,47 @@ def _duration(seconds: float | None) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s")
 
 
-def eta(total: int, completed: int, failed: int, running: int, mean_seconds: float | None) -> float | None:
-    """Remaining trials / running workers (rounded up) x mean trial time."""
-    remaining = max(total - completed - failed, 0)
-    if not mean_seconds or not remaining:
+def _short(seconds: float) -> str:
+    """`25s`, `1m05s`, `1h02m03s`: how long a worker has been silent."""
+    return f"{int(seconds)}s" if seconds < 60 else _duration(seconds)
+
+
+def eta(remaining: int, workers: int, mean_seconds: float | None) -> float | None:
+    """The remaining trials' time (running ones included, as whole trials) shared by the workers
+    that can run them: `remaining x mean / min(workers, remaining)`; None with nothing to go by."""
+    if not mean_seconds or remaining <= 0:
         return None
-    return math.ceil(remaining / max(running, 1)) * mean_seconds
+    return remaining * mean_seconds / max(min(workers, remaining), 1)
+
+
+class Eta:
+    """An ETA that counts down between trial ends instead of following the count of trials
+    running at that instant (which dips at every end, before the worker asks again, and made
+    the ETA jump back and forth).
+
+    It is estimated afresh (`eta()`, from the mean duration of every ended attempt and the number
+    of workers holding a lease) only when one of those inputs changed; in between it falls with
+    the clock, to 0 at the least. A fresh estimate may fall by any amount (more workers, shorter
+    trials) but rises by at most one mean trial duration over the counted-down one. Not
+    thread-safe: the coordinator's lock."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._basis: tuple | None = None  # (remaining, workers, mean) of the last estimate
+        self._value = self._at = 0.0
+
+    def __call__(self, remaining: int, workers: int, mean_seconds: float | None) -> float | None:
+        now, fresh = self._clock(), eta(remaining, workers, mean_seconds)
+        if fresh is None:
+            self._basis = None
+            return None
+        counted_down = max(self._value - (now - self._at), 0.0)
+        basis = (remaining, workers, mean_seconds)
+        if basis == self._basis:
+            return counted_down
+        self._value = fresh if self._basis is None else min(fresh, counted_down + mean_seconds)
+        self._basis, self._at = basis, now
+        return self._value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +129,23 @@ class Summary:
     skipped: int = 0  # per-trial lines left out since the last progress line
     budget: float = 0.0
     finished: bool = False  # said in place of the ETA
+    silent: dict = dataclasses.field(default_factory=dict)  # worker -> seconds unheard (past the threshold)
 
 
 class Tally:
     """Counts, run time and best result, kept up to date in O(1) per ended attempt (the chief
-    logs progress at hundreds of trials a second). Not thread-safe: the coordinator's lock."""
+    logs progress at hundreds of trials a second), and the ETA (`Eta`, on `clock`). Not thread-safe:
+    the coordinator's lock."""
 
-    def __init__(self, direction: str | None):
-        self.direction = direction
+    def __init__(self, direction: str | None, clock=time.monotonic):
+        self.direction, self.eta = direction, Eta(clock)
         self.completed = self.failed = self.timed = 0
         self.seconds = 0.0
         self.best: tuple | None = None
 
     @classmethod
-    def of(cls, oracle, book) -> "Tally":
-        tally = cls(oracle.objective.direction)
+    def of(cls, oracle, book, clock=time.monotonic) -> "Tally":
+        tally = cls(oracle.objective.direction, clock)
         for trial in oracle.trials.values():
             tally._count(trial)
         for run in book.runs.values():
@@ -137,10 +174,14 @@ class Tally:
             self._count(trial)
 
     def summary(self, total: int, running: dict, queued: int, objective: str, skipped: int = 0,
-                budget: float = 0.0) -> Summary:
+                budget: float = 0.0, presence=None) -> Summary:
+        """`presence`: the leases' `Presence` (how many workers, who is silent); None: only the
+        workers running a trial now are counted and none is marked silent."""
         mean = self.seconds / self.timed if self.timed else None
+        workers = presence.workers if presence is not None else len(running)
+        silent = {w: s for w, s in presence.silent.items() if w in running} if presence is not None else {}
         return Summary(self.completed, self.failed, running, total, queued, objective, self.best,
-                       eta(total, self.completed, self.failed, len(running), mean), skipped, budget)
+                       self.eta(total - self.completed - self.failed, workers, mean), skipped, budget, silent=silent)
 
 
 def summary(snap: Snapshot) -> Summary:
@@ -153,7 +194,7 @@ def summary(snap: Snapshot) -> Summary:
     best = snap.best
     return Summary(completed, failed, snap.running, total, len(snap.queued), snap.objective.name,
                    None if best is None else (best.trial_id, best.score),
-                   eta(total, completed, failed, len(snap.running), mean), finished=snap.finished)
+                   eta(total - completed - failed, len(snap.running), mean), finished=snap.finished)
 
 
 def summary_record(snap: Snapshot) -> dict:
@@ -164,8 +205,10 @@ def summary_record(snap: Snapshot) -> dict:
 
 
 def line(s: Summary) -> str:
-    """One progress line from a summary (`summary()` or the coordinator's O(1) `progress()`)."""
-    running = ", ".join(f"{w}:{t}" for w, t in sorted(s.running.items())) or "none"
+    """One progress line from a summary (`summary()` or the coordinator's O(1) `progress()`); a
+    running worker not heard for a while is marked `worker-1:07 silent 25s`."""
+    running = ", ".join(f"{w}:{t}" + (f" silent {_short(s.silent[w])}" if w in s.silent else "")
+                        for w, t in sorted(s.running.items())) or "none"
     best = "none yet" if s.best is None else f"{s.best[1]:.4f} (trial {s.best[0]})"
     queued = f", {s.queued} queued for retry" if s.queued else ""
     skipped = (f"; {s.skipped} trial start/end lines not shown (over {s.budget:g} a second, every trial "
@@ -178,7 +221,9 @@ def line(s: Summary) -> str:
 class ProgressLog:
     """The coordinator's `on_event`: a progress line at most every `interval` seconds, one when
     the search is over, and the latest state `interval` after a skipped event (nothing is left
-    unsaid for long). A line the same as the one before is not said again. Thread-safe."""
+    unsaid for long). A line that tells nothing new but the time (the ETA counting down, a silence
+    growing longer) is not said again, so the coordinator may call it on every lease check: a
+    worker falling silent, or heard again, is said at the next check. Thread-safe."""
 
     def __init__(self, interval: float = 1.0):
         self.interval = interval
@@ -200,13 +245,14 @@ class ProgressLog:
 
     def _emit(self, coordinator) -> None:
         """Say the state, unless it is the line just said (workers told STOPPED after the end)."""
-        text = line(coordinator.progress())
+        summary = coordinator.progress()
+        news = line(dataclasses.replace(summary, eta=None, silent=dict.fromkeys(summary.silent, 0)))
         with self._lock:
             self._last, self._timer = time.monotonic(), None
-            if text == self._said:
+            if news == self._said:
                 return
-            self._said = text
-        log.info(text)
+            self._said = news
+        log.info(line(summary))
 
 
 def write_results(snap: Snapshot, results_dir: str) -> dict:

@@ -1,6 +1,6 @@
 import pytest
 
-from chief.leases import DuplicateWorker, Leases
+from chief.leases import DuplicateWorker, Leases, Presence
 
 
 class Clock:
@@ -84,3 +84,22 @@ def test_time_the_chief_was_deaf_does_not_count_against_a_lease(clock):
     clock.now += 5
     assert leases.expired() == ["worker-2"]
     assert leases.beat("worker-1", "a-restarted")
+
+
+def test_presence_counts_holders_and_lists_the_workers_silent_past_the_threshold(clock):
+    leases = Leases(60, 3, clock=clock, stock_lease_seconds=600)
+    leases.register("worker-1", "a")
+    leases.register("worker-2", "b")
+    leases.renew_stock("stock-1")  # no heartbeats, only calls an epoch apart: never listed
+    leases.grant("worker-3")  # kept across a chief restart, not claimed yet
+    clock.now += 2
+    assert leases.presence(silent_after=2) == Presence(workers=4, silent={})  # not more than 2 s yet
+    clock.now += 3
+    leases.beat("worker-2", "b")
+    assert leases.presence(silent_after=2) == Presence(4, {"worker-1": 5.0, "worker-3": 5.0})
+    leases.deaf(4)  # the chief could not hear heartbeats for 4 of those seconds
+    assert leases.presence(silent_after=2) == Presence(4, {})
+    clock.now += 60
+    leases.beat("worker-2", "b")
+    leases.expired()
+    assert leases.presence(silent_after=2) == Presence(2, {})  # worker-1 and worker-3 expired, forgotten

@@ -55,9 +55,9 @@ def test_progress_line_counts_best_and_eta():
     snap = _snap(trials, {"0": _run("0", seconds=60.0)}, best=trials[0], running={"worker-1": "1", "worker-2": "2"},
                  max_trials=6)
     line = progress.line(progress.summary(snap))
-    # 5 trials left over 2 running workers at 60 s each -> 3 rounds -> 3 minutes
+    # 5 trials left (the 2 running as whole trials) x 60 s, shared by 2 workers -> 2m30s
     assert line == ("progress: 1/6 done (0 failed), running [worker-1:1, worker-2:2], "
-                    "best val_accuracy 0.8000 (trial 0), ETA 3m00s")
+                    "best val_accuracy 0.8000 (trial 0), ETA 2m30s")
 
 
 def test_progress_lines_are_throttled_but_the_last_state_is_always_said(caplog):
