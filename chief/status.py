@@ -122,12 +122,26 @@ def snapshot(settings) -> progress.Snapshot | None:
                              progress.ObjectiveInfo(objective, direction), best, space, finished=finished)
 
 
+MESSAGE_WIDTH = 60  # characters of a trial's message shown in the table (trials.csv has it whole)
+
+
+def _message(text: str | None) -> str:
+    """A trial's message on one line, at most MESSAGE_WIDTH characters."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= MESSAGE_WIDTH else text[:MESSAGE_WIDTH - 3] + "..."
+
+
 def render(snap: progress.Snapshot) -> str:
+    """The progress line, the objective with its direction (`objective val_accuracy (max)`), and
+    one row per trial: the values its build used (shared.results.trials_rows: a running trial
+    shows only those every completed build used) and its last message, shortened to one line."""
     rows = results.trials_rows(snap.trials, snap.runs, snap.space)
-    columns = results.FIXED_COLUMNS + [c for c in snap.space if any(r[c] is not None for r in rows)] + ["attempts"]
-    cells = [[results.cell(r[c]) for c in columns] for r in rows]
+    columns = (results.FIXED_COLUMNS + [c for c in snap.space if any(r[c] is not None for r in rows)]
+               + ["attempts", "message"])
+    cells = [[_message(r[c]) if c == "message" else results.cell(r[c]) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = [progress.line(progress.summary(snap)), ""]
+    direction = snap.objective.direction or "direction unknown"
+    lines = [progress.line(progress.summary(snap)), f"objective {snap.objective.name} ({direction})"]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)

@@ -47,11 +47,20 @@ def json_safe(value):
     return value
 
 
+def used_by_every_build(runs) -> set[str]:
+    """The hyperparameters every completed build reported using (empty before any did)."""
+    known = [set(run.used) for run in runs.values() if run.used is not None]
+    return set.intersection(*known) if known else set()
+
+
 def trials_rows(trials, runs, hp_names):
     """One dict per trial, in trial-id order. `runs[trial_id]` (the chief's TrialRun) has `owner`,
     `seconds`, `attempt`, `message` and `used` (the hyperparameters the model was built with: only
-    those get a value)."""
-    rows = []
+    those get a value). A trial not yet ended (RUNNING, or queued for a retry) has no used set
+    yet: it shows only the values every completed build used (`used_by_every_build`), none before
+    a first trial completed, rather than values its build may ignore. An ended trial whose used
+    set is unknown (failed, or run by a stock worker) shows every value it was given."""
+    rows, common = [], None
     for trial in sorted(trials, key=lambda t: t.trial_id):
         run = runs.get(trial.trial_id)
         row = {
@@ -62,6 +71,8 @@ def trials_rows(trials, runs, hp_names):
             "seconds": None if run is None or run.seconds is None else round(run.seconds, 3),
         }
         used = run.used if run is not None else None  # None: unknown (e.g. a stock worker): every value
+        if used is None and trial.status not in ("COMPLETED", "FAILED"):
+            used = common = used_by_every_build(runs) if common is None else common
         values = used_values(trial.hyperparameters.values, used)
         row.update({name: values.get(name) for name in hp_names})
         row.update(attempts=run and run.attempt, message=(run and run.message) or None)

@@ -70,3 +70,65 @@ def test_an_older_project_without_the_record_takes_the_direction_its_trials_reco
     snap = status.snapshot(_settings(tmp_path, objective=objective, max_trials=5))
     assert snap.objective.direction == "min" and snap.best.trial_id == "1"
     assert status.render(snap).startswith("progress: 3/5 done (0 failed)")
+
+
+def _table(text):
+    """The trial table of `status.render` (after the progress and objective lines): the header's
+    cells and the rows."""
+    lines = text.splitlines()
+    return lines[2].split(), lines[3:]
+
+
+def _mixed_search(tmp_path):
+    """w1 completed a trial whose build used only `x`, w2 is running one, w3's failed with a long
+    traceback; returns (status text, the running trial's values)."""
+    oracle = cluster_oracle(kt.oracles.RandomSearchOracle, objective=kt.Objective("val_mae", "min"), max_trials=5,
+                            seed=1, max_retries_per_trial=0)
+    oracle.use_project(str(tmp_path), "proj")
+    oracle.verbose = 0
+    hp = oracle.get_space()
+    hp.Int("x", 10, 49)
+    hp.Int("y", 50, 99)
+    oracle.update_space(hp)
+    c = Coordinator(oracle, lease_seconds=10, heartbeat_seconds=1)
+    c.save_state()
+    status.record_search(_settings(tmp_path, max_trials=5), oracle)
+    trials = {}
+    for w in ("w1", "w2", "w3"):
+        c.register(w, w)
+        trials[w] = c.create_trial(w, Caller(w, w))
+    done, attempt = trials["w1"]
+    c.update_trial(done.trial_id, {"val_mae": 0.25}, 0, Caller("w1", "w1", attempt))
+    done.status = "COMPLETED"
+    c.end_trial(done, Caller("w1", "w1", attempt), used=["x"])
+    failed, attempt = trials["w3"]
+    failed.status = "FAILED"
+    reason = "Traceback (most recent call last):\n  ...\nValueError: " + "a very long reason " * 10
+    c.end_trial(failed, Caller("w3", "w3", attempt), message=reason)
+    c.close()
+    return status.render(status.snapshot(_settings(tmp_path))), oracle.trials[trials["w2"][0].trial_id]
+
+
+def test_status_names_the_objectives_direction(tmp_path):
+    text, _ = _mixed_search(tmp_path)
+    assert text.splitlines()[1] == "objective val_mae (min)"
+
+
+def test_status_shows_each_trials_message_on_one_shortened_line(tmp_path):
+    text, _ = _mixed_search(tmp_path)
+    header, rows = _table(text)
+    assert header == ["trial_id", "worker", "status", "score", "seconds", "x", "y", "attempts", "message"]
+    failed_row = next(row for row in rows if " FAILED " in row)
+    message = failed_row[text.splitlines()[2].index("message"):]
+    assert message.startswith("ValueError: a very long reason") and message.endswith("...")
+    assert len(message) == 60  # status.MESSAGE_WIDTH; trials.csv keeps it whole
+
+
+def test_a_running_trial_shows_only_the_values_every_completed_build_used(tmp_path):
+    """Its build has not said what it used yet: `x` (every completed build used it) is shown,
+    `y` (the completed build ignored it) is not."""
+    text, running_trial = _mixed_search(tmp_path)
+    _, rows = _table(text)
+    running = next(row for row in rows if " RUNNING " in row)
+    x, y = running_trial.hyperparameters.values["x"], running_trial.hyperparameters.values["y"]
+    assert f" {x} " in running and f" {y} " not in running, running
