@@ -9,6 +9,7 @@ setting (one line naming it). A start that fails records why for the workers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -196,7 +197,8 @@ def _start(settings):
 
             record_search(settings, oracle, fsync=settings.fsync)
     except OSError as exc:
-        raise _Exit(1, f"cannot write the project's files ({exc}); free space or fix KTC_STATE_DIR/KTC_LOG_DIR") from None
+        raise _Exit(1, f"cannot write the project's files ({exc}); free space or fix "
+                       "KTC_STATE_DIR/KTC_LOG_DIR") from None
     return coordinator, build_model
 
 
@@ -238,9 +240,9 @@ def _finished_record(settings):
         log.warning("%s in project %s cannot be read (%s): using the settings given now", layout.SEARCH_RECORD,
                     settings.project, type(exc).__name__)
         return None
-    types = {"tuner": str, "epochs": int, "objective": str, "direction": str, "dataset": str, "model": str}
-    if (not isinstance(record, SearchRecord) or any(type(getattr(record, k)) is not t for k, t in types.items())
-            or not (record.max_trials is None or type(record.max_trials) is int)):
+    kinds = dict(tuner=str, epochs=int, objective=str, direction=str, dataset=str, model=str)
+    if (not isinstance(record, SearchRecord) or type(record.max_trials) not in (int, type(None))
+            or any(type(getattr(record, name)) is not kind for name, kind in kinds.items())):
         return None
     if settings.tuner != "hyperband" and record.max_trials is not None and settings.max_trials > record.max_trials:
         log.info("project %s is finished with %d trials; KTC_MAX_TRIALS=%d: continuing it", settings.project,
@@ -265,7 +267,8 @@ def _report_finished(settings, record) -> int:
              "objective %s %s, dataset %s, model %s)%s", settings.project, record.tuner,
              record.max_trials or "hyperband's", record.epochs, record.objective, record.direction, record.dataset,
              record.model or "(guide model)",
-             f"; not used for it: {', '.join(ignored)} (a new KTC_PROJECT starts a search with them)" if ignored else "")
+             f"; not used for it: {', '.join(ignored)} (a new KTC_PROJECT starts a search with them)"
+             if ignored else "")
     try:
         snap = status.snapshot(settings)
         if snap is None:
@@ -399,15 +402,11 @@ def _record_unloadable(environ, message: str) -> None:
     the folder either); nothing is created but the project's folder."""
     from shared import layout
 
-    defaults = config_module.SETTINGS
-    state = environ.get("KTC_STATE_DIR", defaults["KTC_STATE_DIR"][0]).strip()
-    project = environ.get("KTC_PROJECT", defaults["KTC_PROJECT"][0]).strip()
-    if not project or project.startswith(".") or os.sep in project or not state or not os.path.isdir(state):
-        return
-    try:
-        layout.write_chief_failure(os.path.join(state, project), message, 2)
-    except OSError:
-        pass  # the line on stderr says it all
+    state, project = (environ.get(name, config_module.SETTINGS[name][0]).strip()
+                      for name in ("KTC_STATE_DIR", "KTC_PROJECT"))
+    if project and not project.startswith(".") and os.sep not in project and state and os.path.isdir(state):
+        with contextlib.suppress(OSError):  # the line on stderr says it all
+            layout.write_chief_failure(os.path.join(state, project), message, 2)
 
 
 def _exit_now(code: int) -> None:

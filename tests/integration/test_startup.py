@@ -101,6 +101,22 @@ def test_a_chief_refusing_a_setting_ends_workers_in_the_retry_loop_with_its_reas
             f"ktcluster worker: worker-1: the chief could not start (it exited 2): {reason}")
 
 
+def test_a_chief_whose_settings_do_not_load_ends_workers_with_its_line(tmp_path):
+    """KTC_RESULTS_DIR is the chief's alone (workers never check it): a file there stops the chief
+    while it reads its settings, before anything else."""
+    (tmp_path / "not-a-folder").write_text("")
+    env = _env(tmp_path)
+    with processes() as start:
+        worker = start("w1", python("worker"), _worker_env(env), tmp_path)
+        wait_until(lambda: "chief unreachable" in worker.output(), 120, 0.2, what="the worker retrying")
+        chief = start("chief", python("chief"), {**env, "KTC_RESULTS_DIR": str(tmp_path / "not-a-folder")}, tmp_path)
+        assert _exit_within(chief, 60) == 2, chief.output()[-3000:]
+        reason = _last_line(chief.output(), "ktcluster chief:").removeprefix("ktcluster chief: ")
+        assert reason.startswith("KTC_RESULTS_DIR="), reason
+        assert _exit_within(worker, PROMPT) == 2, worker.output()[-3000:]
+        assert _last_line(worker.output(), "ktcluster worker:").endswith(f"(it exited 2): {reason}")
+
+
 def test_a_chief_with_unusable_tls_files_ends_a_tls_worker_with_its_reason(tmp_path):
     folder = tmp_path / "tls"
     tls.make(str(folder))
