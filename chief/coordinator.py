@@ -165,9 +165,9 @@ class Coordinator:
 
     def expire_leases(self) -> list[str]:
         """Re-queue (or fail, once out of retries) the trials of workers silent past their lease,
-        calling `on_attempt_lost(trial_id, attempt, reason)` for each (outside the lock); also
-        retry lines a failed commit left, and stop the search once the disk has failed too long.
-        Returns the trial ids whose attempt was taken away."""
+        calling `on_attempt_lost(trial_id, attempt, reason)` for each, then `on_event` on every
+        check (outside the lock: a worker may have fallen silent); also retry lines a failed commit
+        left, and stop the search once the disk has failed too long. Returns the trial ids lost."""
         expired = []
         try:
             with self._locked() as oracle:

@@ -174,3 +174,18 @@ def test_best_model_saves_and_loads_without_warnings_and_reproduces_the_score(tm
         score = loaded.evaluate(dataset.x_val, dataset.y_val, verbose=0, return_dict=True)["accuracy"]
     assert [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)] == []
     assert score == pytest.approx(best.score, abs=1e-6)
+
+
+def test_a_trial_not_ended_shows_only_values_every_completed_build_used():
+    """Before any build reported what it used, a running trial shows none of its values (only
+    Hyperband's bookkeeping); a failed trial, whose used set is unknown, shows them all."""
+    running = _trial("1", "RUNNING", None, units=32, dropout=0.5, **{"tuner/epochs": 2})
+    failed = _trial("2", "FAILED", None, units=64, dropout=0.1)
+    runs = {"1": _run("1", "worker-1"), "2": _run("2", "worker-2", message="ValueError: boom")}
+    names = ["units", "dropout", "tuner/epochs"]
+    rows = results.trials_rows([running, failed], runs, names)
+    assert [[row[n] for n in names] for row in rows] == [[None, None, 2], [64, 0.1, None]]
+    done = _trial("0", "COMPLETED", 0.9, units=16, dropout=0.2)
+    runs["0"] = _run("0", "worker-3", 3.0, used=["units"])
+    rows = results.trials_rows([done, running, failed], runs, names)
+    assert [[row[n] for n in names] for row in rows] == [[16, None, None], [32, None, 2], [64, 0.1, None]]
