@@ -129,7 +129,7 @@ class Summary:
     skipped: int = 0  # per-trial lines left out since the last progress line
     budget: float = 0.0
     finished: bool = False  # said in place of the ETA
-    silent: dict = dataclasses.field(default_factory=dict)  # worker -> seconds unheard (past the threshold)
+    silent: dict[str, float] = dataclasses.field(default_factory=dict)  # running worker -> seconds unheard
 
 
 class Tally:
@@ -244,7 +244,8 @@ class ProgressLog:
         self._emit(coordinator)
 
     def _emit(self, coordinator) -> None:
-        """Say the state, unless it is the line just said (workers told STOPPED after the end)."""
+        """Say the state, unless it tells nothing new (workers told STOPPED after the end, a
+        lease check while a silence only grows)."""
         summary = coordinator.progress()
         news = line(dataclasses.replace(summary, eta=None, silent=dict.fromkeys(summary.silent, 0)))
         with self._lock:
