@@ -2,8 +2,9 @@
 
 Layout of an attempt's run (`hparams.attempt_log_dir`: `<trial>/execution<N>`, retries in
 `<trial>/attempt<k>/execution<N>`), written by `AttemptBoard`, a Keras callback:
-- per-epoch curves, every value Keras logs, as scalars `epoch_<name>` (`epoch_loss`,
-  `epoch_accuracy`, `epoch_val_loss`, `epoch_val_accuracy`): one run holds training and
+- per-epoch curves, every value Keras logs, as scalars `epoch/<name>` (`epoch/loss`,
+  `epoch/accuracy`, `epoch/val_loss`, `epoch/val_accuracy`: one section of the Scalars
+  dashboard, opened first, a line per trial in each chart): one run holds training and
   validation, so a trial costs the Scalars dashboard one run, not three (`train/`,
   `validation/` and the session), and TensorBoard, which ticks no run once there are more than
   40, draws every trial of a guide-sized search on first opening;
@@ -13,7 +14,8 @@ Layout of an attempt's run (`hparams.attempt_log_dir`: `<trial>/execution<N>`, r
   none: tensorflow/tensorboard#7006);
 - the HParams sessions (`shared.hparams`): the `live` placeholder while it trains, then the
   final session with, for a completed attempt, the trial's metrics as the oracle recorded them
-  (`best_epoch/<name>`: KerasTuner scores a trial by its best epoch, not its last).
+  (`trial/<name>`, a section after the curves: KerasTuner scores a trial by its best epoch, not
+  its last).
 
 The curves and graphs go through one event file, written by this process only and closed
 before the final session's file is created, so TensorBoard (which reads a run's files in name
@@ -41,8 +43,8 @@ CONCEPTUAL_TAG = "keras"  # the tag Keras's own callback gives the model config
 
 
 def epoch_tag(name: str) -> str:
-    """The curve of a value Keras logs per epoch (`val_accuracy` -> `epoch_val_accuracy`)."""
-    return f"epoch_{name}"
+    """The curve of a value Keras logs per epoch (`val_accuracy` -> `epoch/val_accuracy`)."""
+    return f"epoch/{name}"
 
 
 def _scalar_event(tag: str, value: float, step: int) -> event_pb2.Event:
@@ -66,7 +68,7 @@ def conceptual_graph_event(model) -> event_pb2.Event:
 
 def op_graph_event(model) -> event_pb2.Event | None:
     """The op graph of the model's forward pass (inference mode) on the TensorFlow backend, as
-    the run's graph; None on another backend or for a model without symbolic inputs (a
+    the run's graph, each layer a box of its own on the first view; None on another backend or for a model without symbolic inputs (a
     subclassed model), which get the conceptual graph only."""
     if keras.backend.backend() != "tensorflow" or not getattr(model, "inputs", None):
         return None
@@ -76,8 +78,8 @@ def op_graph_event(model) -> event_pb2.Event | None:
     specs = [tf.TensorSpec(shape=t.shape, dtype=t.dtype) for t in inputs]
 
     @tf.function(autograph=False)
-    def forward(*xs):
-        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+    def forward(*xs):  # `call`, not `__call__`: the layers' scopes at the top, not in one model box
+        return model.call(list(xs) if len(xs) > 1 else xs[0], training=False)
 
     graph_def = forward.get_concrete_function(*specs).graph.as_graph_def()
     return event_pb2.Event(wall_time=time.time(), graph_def=graph_def.SerializeToString())

@@ -3,7 +3,7 @@
 - Experiment config (chief, once per project, at the log root): every
   hyperparameter of the declared search space with its true domain, plus
   ktcluster's columns `status`, `error`, `worker` and `device`, and the metrics
-  the model reports as the oracle records them (`best_epoch/<name>`: KerasTuner
+  the model reports as the oracle records them (`trial/<name>`: KerasTuner
   scores a trial by its best epoch), the objective first, its display name
   carrying its direction (`val accuracy (objective, max)`): sorting the table
   by it puts the chief's best trial first.
@@ -26,7 +26,7 @@
     failure and running sessions, so it disappears) and
     the run itself gets the final session: the values the model was built with,
     who ran it where, `status` and a short `error`, SUCCESS or FAILURE, and for
-    a completed attempt the trial's metrics (`best_epoch/<name>`).
+    a completed attempt the trial's metrics (`trial/<name>`).
   * session groups (the table's rows) are named by the trial id for an attempt
     that completed, `<trial> attempt <k>` for one that did not: a retried
     trial's result is never averaged with its dead attempt.
@@ -116,11 +116,11 @@ def _readable(name: str) -> str:
     return name.replace("_", " ")
 
 
-METRIC_PREFIX = "best_epoch/"  # the oracle's record of a trial's metrics, in its final session
+METRIC_PREFIX = "trial/"  # the oracle's record of a trial's metrics (each at its best epoch), in its final session
 
 
 def metric_tag(name: str) -> str:
-    """The HParams metric of a value the oracle records (`val_accuracy` -> `best_epoch/val_accuracy`)."""
+    """The HParams metric of a value the oracle records (`val_accuracy` -> `trial/val_accuracy`)."""
     return METRIC_PREFIX + name
 
 
@@ -267,10 +267,14 @@ def write_final_session(log_dir: str, values: dict, group: str, status: str, err
     start = summary.session_start_pb(_plain({**values, STATUS: status, ERROR: error}), group_name=group,
                                      start_time_secs=start_time_secs)
     end = summary.session_end_pb(api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE)
-    scores = [scalar_summary.scalar_pb(metric_tag(name), float(value))
+    scores = [scalar_summary.scalar_pb(metric_tag(name), float(value), description=_SCORE_NOTE.format(name=name))
               for name, value in sorted((metrics or {}).items()) if _finite(value)]
     _write(log_dir, [start] + scores + [end] + ([_failure_text(message)] if message else []), SESSION_SUFFIX)
     return True
+
+
+_SCORE_NOTE = ("The trial's {name} as the oracle recorded it (at the trial's best epoch): the value the HParams "
+               "dashboard shows. The curves are the `epoch/` charts.")
 
 
 def _finite(value) -> bool:

@@ -69,14 +69,14 @@ def test_tensorboard_hparams_shows_every_trial(cluster):
         assert group["hparams"]["model_type"] == rows[trial_id]["model_type"]
         assert group["hparams"]["worker"] == rows[trial_id]["worker"]
         assert group["hparams"]["device"] == "CPU"
-        val = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "best_epoch/val_accuracy"]
+        val = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "trial/val_accuracy"]
         assert val and val[0] == pytest.approx(float(rows[trial_id]["score"]), abs=1e-6)  # the chief's score
 
 
 def test_tensorboard_serves_curves_and_graphs(cluster):
     runs = {f"{t}/execution0" for t in map(str, range(MAX_TRIALS))}
     tags = http_json(cluster["tb"] + "/data/plugin/scalars/tags")
-    assert all({"epoch_loss", "epoch_val_accuracy"} <= set(tags[run]) for run in runs), tags
+    assert all({"epoch/loss", "epoch/val_accuracy"} <= set(tags[run]) for run in runs), tags
     plugins = http_json(cluster["tb"] + "/data/plugins_listing")
     assert plugins["scalars"]["enabled"] and plugins["graphs"]["enabled"] and plugins["hparams"]["enabled"]
     graphs = http_json(cluster["tb"] + "/data/plugin/graphs/info")
@@ -88,7 +88,7 @@ def _groups_if_all(base):
         groups = hparams_session_groups(base)
     except OSError:
         return None
-    complete = [g for g in groups if any(m["name"]["tag"] == "best_epoch/val_accuracy" for m in g.get("metricValues", []))]
+    complete = [g for g in groups if any(m["name"]["tag"] == "trial/val_accuracy" for m in g.get("metricValues", []))]
     return groups if len(complete) >= MAX_TRIALS else None
 
 
@@ -151,10 +151,10 @@ def test_hparams_config_declares_the_whole_space(cluster):
     assert infos["dropout"]["domainDiscrete"] == [False, True]
     assert sorted(infos["model_type"]["domainDiscrete"]) == ["cnn", "mlp"]
     metrics = {m["name"]["tag"]: m for m in experiment["metricInfos"]}
-    assert experiment["metricInfos"][0]["name"]["tag"] == "best_epoch/val_accuracy"
-    assert metrics["best_epoch/val_accuracy"]["description"].startswith("objective: maximize val_accuracy")
-    assert metrics["best_epoch/val_accuracy"]["displayName"] == "val accuracy (objective, max)"
-    assert "best_epoch/loss" in metrics
+    assert experiment["metricInfos"][0]["name"]["tag"] == "trial/val_accuracy"
+    assert metrics["trial/val_accuracy"]["description"].startswith("objective: maximize val_accuracy")
+    assert metrics["trial/val_accuracy"]["displayName"] == "val accuracy (objective, max)"
+    assert "trial/loss" in metrics
 
 
 def test_each_trial_shows_only_the_values_its_model_used(cluster):

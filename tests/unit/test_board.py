@@ -49,10 +49,10 @@ def test_a_trained_attempt_has_every_epochs_curves_and_a_conceptual_graph_of_its
     steps = {}
     for event in events:
         for value in event.summary.value:
-            if value.tag.startswith("epoch_"):
+            if value.tag.startswith("epoch/"):
                 steps.setdefault(value.tag, []).append(event.step)
-    assert steps == {tag: [0, 1, 2] for tag in ("epoch_loss", "epoch_accuracy", "epoch_val_loss",
-                                                "epoch_val_accuracy")}
+    assert steps == {tag: [0, 1, 2] for tag in ("epoch/loss", "epoch/accuracy", "epoch/val_loss",
+                                                "epoch/val_accuracy")}
     # the conceptual graph, through the converter the Graphs plugin runs on it
     [config] = [tensor_util.make_ndarray(v.tensor).item() for e in events for v in e.summary.value
                 if v.metadata.plugin_data.plugin_name == "graph_keras_model"]
@@ -88,5 +88,5 @@ def test_a_model_keras_cannot_describe_still_gets_its_curves(tmp_path):
     hp = kt.HyperParameters()
     log_dir = _fit(tmp_path, model, hp)
     tags = {value.tag for event in _events(log_dir) for value in event.summary.value}
-    assert {"epoch_loss", "epoch_val_accuracy", "best_epoch/val_accuracy"} <= tags
+    assert {"epoch/loss", "epoch/val_accuracy", "trial/val_accuracy"} <= tags
     assert not any(event.graph_def for event in _events(log_dir))

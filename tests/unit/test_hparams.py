@@ -149,7 +149,7 @@ def test_first_opening_shows_model_type_worker_status_and_the_objective_for_ever
     assert set(ticked) == {"model_type", "worker", "status", "error", "dropout"}, ticked
     assert {"cnn_layers", "filters_0", "mlp_layers", "units_0", "device"} <= {h["name"] for h in infos}  # declared
     metrics = [m["name"] for m in experiment["metricInfos"]][:5]
-    assert metrics[0]["tag"] == "best_epoch/val_accuracy" and not metrics[0].get("group")
+    assert metrics[0]["tag"] == "trial/val_accuracy" and not metrics[0].get("group")
     rows = _rows(board["base"])
     drawn = [name for name, g in rows.items()
              if all(name in g["hparams"] for name in ticked) and _metric(g) is not None]
@@ -214,11 +214,11 @@ def test_the_objective_is_the_trials_score_with_its_direction_and_sorting_by_it_
     the best of the search, and so must the dashboard (its last epoch would rank trial 4 first)."""
     experiment = _experiment(board["base"])
     objective = experiment["metricInfos"][0]
-    assert objective["name"]["tag"] == "best_epoch/val_accuracy"
+    assert objective["name"]["tag"] == "trial/val_accuracy"
     assert objective["displayName"] == "val accuracy (objective, max)"
     assert "maximize val_accuracy" in objective["description"]
     others = {m["name"]["tag"]: m["displayName"] for m in experiment["metricInfos"][1:]}
-    assert others["best_epoch/val_loss"] == "val loss (best epoch)" and "best_epoch/loss" in others
+    assert others["trial/val_loss"] == "val loss (best epoch)" and "trial/loss" in others
     rows = _rows(board["base"])
     assert _metric(rows["0"]) == pytest.approx(0.97) and _metric(rows["0"], "val_loss") == pytest.approx(0.03)
     body = {"experimentName": "", "allowedStatuses": sorted(DASHBOARD_STATUSES),
@@ -237,8 +237,8 @@ def test_the_per_epoch_curves_are_every_epoch_keras_logged_one_run_per_attempt(b
     tags = http_json(f"{board['base']}/data/plugin/scalars/tags")
     trained = [r for r in runs if not r.endswith("/live") and r not in (".", "5/execution0")]
     assert sorted(tags) == sorted(trained)
-    assert all({"epoch_loss", "epoch_accuracy", "epoch_val_loss", "epoch_val_accuracy"} <= set(tags[r]) for r in trained)
-    curve = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=0/execution0&tag=epoch_val_accuracy")
+    assert all({"epoch/loss", "epoch/accuracy", "epoch/val_loss", "epoch/val_accuracy"} <= set(tags[r]) for r in trained)
+    curve = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=0/execution0&tag=epoch/val_accuracy")
     assert [round(point[2], 4) for point in curve] == [0.97, 0.8]  # the curve itself, last epoch included
-    dead = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=4/execution0&tag=epoch_val_accuracy")
+    dead = http_json(f"{board['base']}/data/plugin/scalars/scalars?run=4/execution0&tag=epoch/val_accuracy")
     assert [round(point[2], 4) for point in dead] == [0.1]  # the dead attempt's epoch, in its own run
