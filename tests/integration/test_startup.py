@@ -69,6 +69,15 @@ def _project(tmp_path):
     return tmp_path / "state" / "itest"
 
 
+RECORD = "ktcluster-chief-failed.json"  # shared.layout.CHIEF_FAILED, spelt out: the file is the contract
+
+
+def _stale_record(project, reason):
+    """An earlier failed start's record, as a chief writes it."""
+    project.mkdir(parents=True, exist_ok=True)
+    (project / RECORD).write_text(json.dumps({"reason": reason, "code": 1, "at": time.time() - 3600}) + "\n")
+
+
 # -- 4: a chief that cannot start -----------------------------------------------------------------
 def test_a_failed_download_ends_workers_waiting_for_the_data_cache_with_the_chiefs_reason(tmp_path):
     env = _offline(_env(tmp_path, KTC_DATASET="mnist", KTC_MODEL=""))
@@ -92,13 +101,13 @@ def test_a_chief_refusing_a_setting_ends_workers_in_the_retry_loop_with_its_reas
         wait_until(lambda: "chief unreachable" in worker.output(), 120, 0.2, what="the worker retrying")
         chief = start("chief", python("chief"), env, tmp_path)
         assert _exit_within(chief, 120) == 2, chief.output()[-3000:]
-        assert "TLS off (KTC_TLS_DIR is empty)" in chief.output()  # item 6: said once, at start
-        assert chief.output().count("TLS off") == 1
         reason = _last_line(chief.output(), "ktcluster chief:").removeprefix("ktcluster chief: ")
         assert reason.startswith("KTC_OBJECTIVE=val_nope: the model does not report it"), reason
         assert _exit_within(worker, PROMPT) == 2, worker.output()[-3000:]
         assert _last_line(worker.output(), "ktcluster worker:") == (
             f"ktcluster worker: worker-1: the chief could not start (it exited 2): {reason}")
+    assert "TLS off (KTC_TLS_DIR is empty)" in chief.output()  # item 6: said once, at start
+    assert chief.output().count("TLS off") == 1 and worker.output().count("TLS off") == 1
 
 
 def test_a_chief_whose_settings_do_not_load_ends_workers_with_its_line(tmp_path):
@@ -140,12 +149,12 @@ def test_a_chief_with_unusable_tls_files_ends_a_tls_worker_with_its_reason(tmp_p
 def test_a_stale_failure_record_stops_no_worker_of_a_chief_that_starts(tmp_path):
     env = _env(tmp_path, KTC_MAX_TRIALS=2)
     project = _project(tmp_path)
-    layout.write_chief_failure(str(project), "KTC_DATASET=mnist: an earlier start failed", 1)
+    _stale_record(project, "KTC_DATASET=mnist: an earlier start failed")
     with processes() as start:
         worker = start("w1", python("worker"), _worker_env(env), tmp_path)
         time.sleep(1)  # the worker sees the stale record before the new chief removes it
         chief = start("chief", python("chief"), env, tmp_path)
-        wait_until(lambda: not (project / layout.CHIEF_FAILED).exists(), 60, 0.1, what="the record removed")
+        wait_until(lambda: not (project / RECORD).exists(), 60, 0.1, what="the record removed")
         assert _exit_within(chief, 240) == 0, chief.output()[-3000:]
         assert _exit_within(worker, 60) == 0, worker.output()[-3000:]
     assert "earlier start failed" not in worker.output()
@@ -171,7 +180,7 @@ def test_a_finished_project_is_reported_with_its_recorded_settings_whatever_the_
     source, env = finished
     for folder in ("state", "logs"):
         shutil.copytree(source / folder, tmp_path / folder)
-    layout.write_chief_failure(str(_project(tmp_path)), "an earlier start failed", 1)  # removed at start
+    _stale_record(_project(tmp_path), "an earlier start failed")  # removed at start
     now = _offline({**env, "KTC_DATASET": "mnist", "KTC_MODEL": "", "KTC_EPOCHS": "3",
                     "KTC_STATE_DIR": str(tmp_path / "state"), "KTC_LOG_DIR": str(tmp_path / "logs"),
                     "KTC_DATA_DIR": str(tmp_path / "data"), "KTC_RESULTS_DIR": str(tmp_path / "results")})
@@ -188,7 +197,7 @@ def test_a_finished_project_is_reported_with_its_recorded_settings_whatever_the_
     assert "search finished: 2 completed" in out
     rows = (tmp_path / "results" / "itest" / "trials.csv").read_text().splitlines()
     assert len(rows) == 3  # header + the two trials, written again from the project's files
-    assert not (_project(tmp_path) / layout.CHIEF_FAILED).exists()
+    assert not (_project(tmp_path) / RECORD).exists()
     assert "already finished" in worker.output() and "mnist.npz" not in worker.output()
 
 
@@ -223,13 +232,13 @@ def _serving_chief(tmp_path, env):
     """A chief that serves (no worker ever gets a trial: it stays up): yields once it serves."""
     with processes() as start:
         chief = start("chief", python("chief"), env, tmp_path)
-        tls_dir = env.get("KTC_TLS_DIR", "")
+        tls_dir = env.get("KTC_TLS_DIR", "")  # said once at start (checked after the test's own asserts)
         wait_until(lambda: chief.popen.poll() is not None or "oracle serving" in chief.output(), 120, 0.2,
                    what="the chief serving")
         assert chief.popen.poll() is None, chief.output()[-3000:]
+        yield start
         said = f"TLS on (KTC_TLS_DIR={tls_dir})" if tls_dir else "TLS off (KTC_TLS_DIR is empty)"
         assert said in chief.output() and chief.output().count("TLS o") == 1, chief.output()[-3000:]
-        yield start
 
 
 @pytest.mark.parametrize("chief_tls", [True, False], ids=["tls-chief-plaintext-worker", "plaintext-chief-tls-worker"])
