@@ -1,15 +1,18 @@
-"""The HParams dashboard of a real ktcluster run, in headless Chromium (Debian's chromium and chromedriver).
+"""TensorBoard's dashboards for a real ktcluster run, in headless Chromium (Debian's chromium and chromedriver).
 
 The guide's search (MLP or CNN, scikit-learn digits) on two workers, with a worker killed
 mid-trial (its trial is retried on the other) and a trial that fails (3-layer MLPs raise in
-fit: tests/browser/guide_model.py). On first opening of the HParams tab, untouched, the test
-counts what the dashboard shows against the trials: the table's rows, the parallel-coordinates
-lines and the scatter-plot points, and takes the three pictures the README and docs/hparams.md
-show. `KTC_UPDATE_SCREENSHOTS=1` also copies them to docs/img/.
+fit: tests/browser/guide_model.py). On first opening of each tab, untouched unless said, the
+test counts what TensorBoard shows against the trials: HParams' table rows, parallel-coordinates
+lines and scatter-plot points, the table sorted by the objective (the chief's best first);
+Scalars' curves of every trial; Graphs' op graph and conceptual graph of a trial's model; Text's
+failure reasons. It takes the pictures the README and docs/hparams.md show;
+`KTC_UPDATE_SCREENSHOTS=1` also copies them to docs/img/.
 """
 
 import csv
 import os
+import re
 import shutil
 import signal
 import sys
@@ -18,16 +21,19 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.procs import cluster_env, free_port, hparams_session_groups, processes, python, wait_until
+from tests.procs import cluster_env, free_port, hparams_session_groups, http_json, processes, python, wait_until
 
 TRIALS = 10
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = {"TABLE VIEW": "hparams-table.png", "PARALLEL COORDINATES VIEW": "hparams-parallel-coordinates.png",
-         "SCATTER PLOT MATRIX VIEW": "hparams-scatter-matrix.png"}
+         "SCATTER PLOT MATRIX VIEW": "hparams-scatter-matrix.png", "SORTED": "hparams-sorted-by-objective.png",
+         "SCALARS": "scalars.png", "OP GRAPH": "graphs-op.png", "CONCEPTUAL GRAPH": "graphs-conceptual.png",
+         "TEXT": "text-failures.png"}
 # What the dashboard must show on first opening: ktcluster's columns and the guide's two
 # hyperparameters that every trial has, and the objective first among the metrics.
 DEFAULT_HPARAMS = {"status", "error", "worker", "model_type", "dropout"}
-OBJECTIVE = {"group": "validation", "tag": "epoch_accuracy"}
+OBJECTIVE = {"group": "", "tag": "trial/val_accuracy"}
+OBJECTIVE_NAME = "val accuracy (objective, max)"  # its display name: the direction is on the page
 
 # TensorBoard's dashboard is Polymer: everything sits in nested shadow roots.
 DEEP = """
@@ -50,7 +56,8 @@ TABLE = DEEP + """
 const table = find('TF-HPARAMS-TABLE-VIEW');
 if (!table || !table.sessionGroups || !table.visibleSchema) return null;
 return {rows: table.sessionGroups.map(g => ({name: g.name, hparams: g.hparams,
-                                              metrics: g.metricValues.map(m => m.name)})),
+                                              metrics: g.metricValues.map(m => m.name),
+                                              values: Object.fromEntries(g.metricValues.map(m => [m.name.tag, m.value]))})),
         hparams: table.visibleSchema.hparamInfos.map(h => h.name),
         metrics: table.visibleSchema.metricInfos.map(m => m.name),
         text: (table.shadowRoot || table).textContent};
@@ -69,6 +76,41 @@ for (const el of walk(document)) {
   }
 }
 return n;
+"""
+
+
+# The labels of the nodes the Graphs dashboard draws.
+NODE_LABELS = DEEP + """
+const out = [];
+for (const el of walk(document)) {
+  if (el.tagName === 'TF-GRAPH') {
+    for (const t of walk(el.shadowRoot || el)) {
+      if (!t.matches('text.nodelabel')) continue;
+      const s = t.textContent, h = s.length / 2;  // the label's text stands twice in it (shown and title)
+      out.push(s.length % 2 === 0 && s.slice(0, h) === s.slice(h) ? s.slice(0, h) : s);
+    }
+  }
+}
+return out;
+"""
+GRAPH_FAILED = "Graph visualization failed"  # what the Graphs tab says about a graph it cannot draw
+# Per Scalars chart: its tag, the line paths drawn and whether every run is ticked.
+SCALAR_CHARTS = DEEP + """
+const charts = {};
+for (const el of walk(document)) {
+  if (el.tagName === 'TF-SCALAR-CARD') {
+    let lines = 0;
+    for (const p of walk(el.shadowRoot || el)) { if (p.matches('path.line')) lines++; }
+    charts[el.tag] = lines;
+  }
+}
+let boxes = 0, ticked = 0;
+for (const el of walk(document)) {
+  if (el.tagName === 'TF-MULTI-CHECKBOX') {
+    for (const c of walk(el.shadowRoot || el)) { if (c.tagName === 'PAPER-CHECKBOX') { boxes++; if (c.checked) ticked++; } }
+  }
+}
+return {charts: charts, boxes: boxes, ticked: ticked};
 """
 
 
@@ -115,7 +157,7 @@ def dashboard(tmp_path_factory):
         survivor = start("w2", python("worker"), {**env, "KERASTUNER_TUNER_ID": "worker-2"}, tmp)
         killed = wait_until(lambda: _started(chief, "worker-1"), 180, 0.1, what="worker-1 to start a trial")
         # after its first epoch (a curve to show), before its second: a dead attempt with data
-        wait_until(lambda: list((logs / killed / "execution0" / "validation").glob("events.*")), 120, 0.1,
+        wait_until(lambda: _has_curves(logs / killed / "execution0"), 120, 0.1,
                    what=f"trial {killed}'s first epoch on worker-1")
         os.kill(victim.pid, signal.SIGKILL)
         assert chief.wait(timeout=600) == 0, chief.output()[-3000:]
@@ -127,9 +169,18 @@ def dashboard(tmp_path_factory):
         wait_until(_loaded(base, trials), 90, what="TensorBoard to load every trial")
         driver = _browser()
         try:
-            yield {"driver": driver, "base": base, "tmp": tmp, "trials": trials, "killed": killed}
+            yield {"driver": driver, "base": base, "tmp": tmp, "trials": trials, "killed": killed,
+                   "chief_log": chief.output()}
         finally:
             driver.quit()
+
+
+def _has_curves(run_dir) -> bool:
+    """True once the run holds an epoch's curve values (the worker flushes them at each epoch's end)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return any(value.tag.startswith("epoch/") for path in run_dir.glob("events.out.tfevents.*")
+               for event in EventFileLoader(str(path)).Load() for value in event.summary.value)
 
 
 def _expected_rows(trials):
@@ -160,6 +211,11 @@ def _loaded(base, trials, settle=3.0):
     return loaded
 
 
+def _named(metric_name) -> dict:
+    """A metric's name as the dashboard holds it (an empty group may be left out)."""
+    return {"group": metric_name.get("group", ""), "tag": metric_name["tag"]}
+
+
 def _shoot(driver, tmp, name):
     path = tmp / name
     driver.save_screenshot(str(path))
@@ -188,7 +244,7 @@ def test_first_opening_shows_every_trial_who_ran_it_and_why_it_failed(dashboard)
     served = len(hparams_session_groups(base))
     table = wait_until(lambda: (lambda t: t if t and len(t["rows"]) == served else None)(
         driver.execute_script(TABLE)), 60, what="the table to list every session group")
-    assert set(table["hparams"]) == DEFAULT_HPARAMS and table["metrics"][0] == OBJECTIVE  # item 1
+    assert set(table["hparams"]) == DEFAULT_HPARAMS and _named(table["metrics"][0]) == OBJECTIVE  # item 1
     expected = _expected_rows(trials)
     assert sorted(r["name"] for r in table["rows"]) == sorted(expected)  # items 2 and 3: one row per attempt
     rows = {r["name"]: r for r in table["rows"]}
@@ -232,3 +288,84 @@ def test_first_opening_shows_every_trial_who_ran_it_and_why_it_failed(dashboard)
                == points, 30, what=f"{points} points in the scatter plot matrix")
     time.sleep(1)
     _shoot(driver, tmp, SHOTS["SCATTER PLOT MATRIX VIEW"])
+
+
+def _open(driver, url, ready, what):
+    driver.get(url)
+    return wait_until(ready, 60, 0.5, what=what)
+
+
+def test_sorting_the_table_by_the_objective_lists_the_chiefs_best_trial_first(dashboard):
+    """The table shows the oracle's score (the best epoch), named with its direction; sorted by it,
+    descending, the first row is the trial the chief ranks best (its score, from trials.csv)."""
+    driver, base, tmp, trials = dashboard["driver"], dashboard["base"], dashboard["tmp"], dashboard["trials"]
+    served = len(hparams_session_groups(base))
+    _open(driver, f"{base}/#hparams", lambda: (lambda t: t and len(t["rows"]) == served)(driver.execute_script(TABLE)),
+          "the HParams table")
+    assert OBJECTIVE_NAME in driver.execute_script(TEXT)
+    scores = {t["trial_id"]: float(t["score"]) for t in trials if t["status"] == "COMPLETED"}
+    table = driver.execute_script(TABLE)
+    for row in table["rows"]:  # every completed trial's row carries exactly the chief's score
+        if row["name"] in scores:
+            assert row["values"][OBJECTIVE["tag"]] == pytest.approx(scores[row["name"]], abs=1e-6)
+    assert driver.execute_script(CLICK, "PAPER-TAB", "TABLE VIEW")
+    assert driver.execute_script(CLICK, "PAPER-ITEM", OBJECTIVE_NAME)  # Sorting: sort by
+    assert driver.execute_script(CLICK, "PAPER-ITEM", "Descending")  # Sorting: direction
+    best = max(scores.values())
+    first = wait_until(lambda: (lambda t: t["rows"][0] if t and t["rows"][0]["values"].get(OBJECTIVE["tag"]) is not None
+                                and t["rows"][0]["values"][OBJECTIVE["tag"]] == pytest.approx(best, abs=1e-6)
+                                else None)(driver.execute_script(TABLE)), 30, what="the chief's best trial first")
+    assert scores[first["name"]] == best
+    final = re.search(r"best val_accuracy=\S+ \(trial (\S+)\)", dashboard["chief_log"])
+    assert final and scores[final.group(1)] == best  # the chief's own last word names a trial of that score
+    time.sleep(1)
+    _shoot(driver, tmp, SHOTS["SORTED"])
+
+
+def test_scalars_draws_every_trials_curves_on_first_opening(dashboard):
+    """Under 40 runs, every run is ticked: each epoch chart draws a line per trained attempt."""
+    driver, base, tmp, trials = dashboard["driver"], dashboard["base"], dashboard["tmp"], dashboard["trials"]
+    runs = http_json(f"{base}/data/runs")
+    print(f"{len(runs)} runs for {len(trials)} trials")
+    assert len(runs) <= 40, runs
+    curves = [run for run, tags in http_json(f"{base}/data/plugin/scalars/tags").items() if "epoch/val_accuracy" in tags]
+    accepted = {f"{t['trial_id']}/execution0" if t["attempts"] == "1" else f"{t['trial_id']}/attempt{t['attempts']}/execution0"
+                for t in trials if t["status"] == "COMPLETED"}
+    assert accepted <= set(curves)
+    # smoothing is on by default: each run is drawn twice (faded raw values and the smoothed line)
+    seen = _open(driver, f"{base}/#scalars",
+                 lambda: (lambda c: c if c["charts"].get("epoch/val_accuracy") == 2 * len(curves) else None)(
+                     driver.execute_script(SCALAR_CHARTS)), "a line per trained attempt in epoch/val_accuracy")
+    assert seen["boxes"] == len(runs) and seen["ticked"] == len(runs)
+    assert all(seen["charts"][f"epoch/{name}"] == 2 * len(curves) for name in ("loss", "accuracy", "val_loss"))
+    time.sleep(1)
+    _shoot(driver, tmp, SHOTS["SCALARS"])
+
+
+def test_graphs_draws_a_trials_op_graph_and_its_layers(dashboard):
+    """The first trial's run: its op graph draws each layer (no 'Graph visualization failed'), and
+    the conceptual graph (tag `keras`) draws the Keras layers themselves."""
+    driver, base, tmp = dashboard["driver"], dashboard["base"], dashboard["tmp"]
+    labels = _open(driver, f"{base}/#graphs", lambda: [l for l in driver.execute_script(NODE_LABELS) if l.startswith("dense")],
+                   "the op graph's layers")
+    assert labels and GRAPH_FAILED not in driver.execute_script(TEXT)
+    time.sleep(1)
+    _shoot(driver, tmp, SHOTS["OP GRAPH"])
+    assert driver.execute_script(CLICK, "PAPER-ITEM", "keras")  # Tag
+    assert driver.execute_script(CLICK, "PAPER-RADIO-BUTTON", "Conceptual graph")  # Graph type
+    layers = wait_until(lambda: (lambda ls: ls if "input_layer" in ls else None)(driver.execute_script(NODE_LABELS)), 30,
+                        what="the conceptual graph's layers")
+    assert "dense" in layers and not any(label.startswith("functional") for label in layers), layers
+    assert GRAPH_FAILED not in driver.execute_script(TEXT)
+    time.sleep(1)
+    _shoot(driver, tmp, SHOTS["CONCEPTUAL GRAPH"])
+
+
+def test_text_shows_why_attempts_failed(dashboard):
+    """Every run is ticked, so the Text tab shows each failed or lost attempt's reason at once."""
+    driver, base, tmp = dashboard["driver"], dashboard["base"], dashboard["tmp"]
+    _open(driver, f"{base}/#text", lambda: "3-layer MLPs are refused" in driver.execute_script(TEXT), "a failure's text")
+    text = driver.execute_script(TEXT)
+    assert "LeaseExpired" in text or "no result (worker lost)" in text  # the killed worker's attempt, too
+    time.sleep(1)
+    _shoot(driver, tmp, SHOTS["TEXT"])
