@@ -16,6 +16,8 @@ from tests.e2e.compose import new_stack
 #: a worker is told within this long after the chief's fault (generous for a loaded 2-core machine;
 #: the workers would otherwise wait KTC_CHIEF_TIMEOUT_SECONDS, 600 s here)
 PROMPT_S = 45
+#: the longest wait for containers to exit: a loaded machine's start-up plus PROMPT_S, far below 600 s
+EXIT_WAIT_S = 180
 SETTINGS = dict(KTC_MAX_TRIALS=20, KTC_EPOCHS=1, KTC_TF_THREADS=1, KTC_CHIEF_TIMEOUT_SECONDS=600, KTC_WORKERS=2,
                 KTC_STOP_GRACE_SECONDS=5)
 
@@ -53,7 +55,7 @@ services:
     try:
         stack.ensure_image()
         stack.compose(*files, "up", "-d", timeout=300)
-        codes = stack.wait_exited({"chief", "worker"}, timeout=300)
+        codes = stack.wait_exited({"chief", "worker"}, timeout=EXIT_WAIT_S)
         chief = f"{stack.project}-chief-1"
         workers = sorted(name for name in codes if name != chief)
         assert codes.pop(chief) == 1, stack.logs()[-4000:]
@@ -90,7 +92,7 @@ services:
     try:
         stack.ensure_image()
         stack.compose(*files, "up", "-d", timeout=300)
-        codes = stack.wait_exited({"worker"}, timeout=300)
+        codes = stack.wait_exited({"worker"}, timeout=EXIT_WAIT_S)
         assert len(codes) == 2 and set(codes.values()) == {2}, (codes, stack.logs("worker")[-4000:])
         chief_log, worker_log = stack.logs("chief"), stack.logs("worker")
         assert "oracle serving on port" in chief_log, chief_log[-3000:]
