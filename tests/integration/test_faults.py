@@ -140,7 +140,7 @@ def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
         late = start("late-worker", python("worker"), _worker_env(env, "worker-9"), tmp_path)
         assert late.wait(timeout=60) == 0
     assert journal(tmp_path) == before
-    assert "is already finished: reporting its results" in again.output()
+    assert "is already finished: reporting it as it was run" in again.output()
     assert "search finished: 2 completed, 0 failed of 2" in again.output()
     assert "already finished; nothing to do" in late.output()
     assert_exactly_once(tmp_path, 2)
