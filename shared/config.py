@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 from typing import Mapping
@@ -41,14 +42,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_TF_THREADS": ("0", "TensorFlow intra/inter-op threads per process (0 = TensorFlow's default)"),
     "KTC_STOP_GRACE_SECONDS": ("30", "chief: how long to wait for known workers to hear STOPPED"),
     "KTC_CHIEF_TIMEOUT_SECONDS": ("300", "worker: how long to ride out an unreachable chief before exiting"),
-    "KTC_LEASE_SECONDS": ("60", "a worker silent this long loses its trial to another worker"),
-    "KTC_HEARTBEAT_SECONDS": ("5", "worker heartbeat interval, independent of epoch length (< lease / 2)"),
+    "KTC_LEASE_SECONDS": ("60", "a worker silent this long loses its trial to another worker (>= 1)"),
+    "KTC_HEARTBEAT_SECONDS": ("5", "worker heartbeat interval, independent of epoch length (>= 0.1, <= lease / 2)"),
     "KTC_MAX_RETRIES": ("1", "extra attempts for a trial that raised or whose worker died"),
     "KTC_MAX_CONSECUTIVE_FAILURES": ("5", "the search stops with an error after this many failed trials in a row"),
     "KTC_FSYNC": ("0", "chief: 1 = fsync every state write (survives power loss, slower); 0 = survives kill -9"),
     "KTC_STORAGE_GRACE_SECONDS": ("300", "chief: how long it waits for a full or failing state disk before exiting 1"),
-    "KTC_STOCK_LEASE_SECONDS": ("0", "stock KerasTuner workers (no heartbeat): 0 = refused; N = served, losing "
-                                "their trial after N s without a call (make it longer than an epoch)"),
+    "KTC_STOCK_LEASE_SECONDS": ("0", "stock KerasTuner workers (no heartbeat): 0 = refused; N >= 1 = served, "
+                                "losing their trial after N s without a call (make it longer than an epoch)"),
     "KTC_TLS_DIR": ("", "folder of PEM files for mutual TLS on the oracle (see README); empty = plaintext"),
 }
 
@@ -165,14 +166,21 @@ def _int(env, name, minimum, maximum):
     return int(raw)
 
 
+#: lower bounds of the settings in seconds that have one above 0: a heartbeat every few
+#: microseconds, or a lease shorter than a call takes, only floods the chief and fails every trial.
+MIN_SECONDS = {"KTC_HEARTBEAT_SECONDS": 0.1, "KTC_LEASE_SECONDS": 1.0, "KTC_STOCK_LEASE_SECONDS": 1.0}
+
+
 def _seconds(env, name):
     raw = env[name].strip()
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
-        raise ConfigError(name, raw, f"a number of seconds > 0 and <= {MAX_SECONDS:.0f} (7 days)")
+    minimum = MIN_SECONDS.get(name)
+    if not (value >= minimum if minimum else value > 0) or not value <= MAX_SECONDS:  # also refuses nan and inf
+        low = f">= {minimum:g}" if minimum else "> 0"
+        raise ConfigError(name, raw, f"a number of seconds {low} and <= {MAX_SECONDS:.0f} (7 days)")
     return value
 
 
@@ -180,6 +188,29 @@ def _stock_lease(env):
     if env["KTC_STOCK_LEASE_SECONDS"].strip() in ("0", "0.0"):
         return 0.0
     return _seconds(env, "KTC_STOCK_LEASE_SECONDS")
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # '_' too: Compose service names may hold it
+
+
+def _address(env):
+    """KERASTUNER_ORACLE_IP: a valid IPv4 or IPv6 literal (IPv6 optionally in brackets), or a host
+    name (RFC 1123 labels: letters, digits, '-' and '_', at most 63 characters each, 253 in all). A
+    dotted string of digits is an IPv4 literal and must be one (256.1.1.1 is refused here, not
+    reported later as a busy port)."""
+    raw = env["KERASTUNER_ORACLE_IP"].strip()
+    allowed = "a host name (letters, digits, '-', '_' and '.') or a valid IPv4 or IPv6 address"
+    literal = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    if ":" in literal or re.fullmatch(r"[0-9.]+", literal):
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise ConfigError("KERASTUNER_ORACLE_IP", raw, allowed) from None
+        return raw
+    name = raw[:-1] if raw.endswith(".") else raw
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ConfigError("KERASTUNER_ORACLE_IP", raw, allowed)
+    return raw
 
 
 def _choice(env, name, allowed):
@@ -279,9 +310,7 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
     env = {name: default for name, (default, _) in SETTINGS.items()}
     env.update({k: v for k, v in environ.items() if k in SETTINGS})
 
-    ip = env["KERASTUNER_ORACLE_IP"].strip()
-    if not ip or any(c.isspace() for c in ip):
-        raise ConfigError("KERASTUNER_ORACLE_IP", ip, "a host name or IP address")
+    ip = _address(env)
     project = env["KTC_PROJECT"].strip()
     if not _NAME.match(project):
         raise ConfigError("KTC_PROJECT", project, "letters, digits, '.', '_' or '-', starting with a letter or digit")

@@ -163,3 +163,34 @@ def test_cli_unknown_setting_exits_2_with_one_line(tmp_path, role):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1:] == [
         f"ktcluster {role}: KTC_MAX_TRAILS is not a setting; did you mean KTC_MAX_TRIALS?"]
+
+
+# Issue 21: absurd leases and heartbeats, and addresses that are no address, are refused at load.
+@pytest.mark.parametrize("settings,name", [
+    ({"KTC_LEASE_SECONDS": "1e-300", "KTC_HEARTBEAT_SECONDS": "1e-301"}, "KTC_LEASE_SECONDS"),
+    ({"KTC_LEASE_SECONDS": "60", "KTC_HEARTBEAT_SECONDS": "1e-301"}, "KTC_HEARTBEAT_SECONDS"),
+    ({"KTC_LEASE_SECONDS": "60", "KTC_HEARTBEAT_SECONDS": "0.05"}, "KTC_HEARTBEAT_SECONDS"),
+    ({"KTC_LEASE_SECONDS": "0.5", "KTC_HEARTBEAT_SECONDS": "0.1"}, "KTC_LEASE_SECONDS"),
+    ({"KTC_STOCK_LEASE_SECONDS": "1e-300"}, "KTC_STOCK_LEASE_SECONDS"),
+    ({"KERASTUNER_ORACLE_IP": "256.1.1.1"}, "KERASTUNER_ORACLE_IP"),
+    ({"KERASTUNER_ORACLE_IP": "1.2.3"}, "KERASTUNER_ORACLE_IP"),
+    ({"KERASTUNER_ORACLE_IP": "[::g]"}, "KERASTUNER_ORACLE_IP"),
+    ({"KERASTUNER_ORACLE_IP": "chief/x"}, "KERASTUNER_ORACLE_IP"),
+    ({"KERASTUNER_ORACLE_IP": "-chief"}, "KERASTUNER_ORACLE_IP"),
+])
+def test_absurd_leases_heartbeats_and_addresses_are_refused_naming_the_setting(tmp_path, settings, name):
+    with pytest.raises(ConfigError) as err:
+        config.load(env(tmp_path, **settings), role="chief")
+    assert err.value.name == name and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{name}={settings[name]!r} is not valid: ")
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "0.0.0.0", "::", "::1", "[::1]", "chief", "tasks.chief",
+                                "ktc-chief.ktcluster.svc.cluster.local", "my_chief"])
+def test_host_names_and_valid_ip_literals_are_accepted(tmp_path, ip):
+    assert config.load(env(tmp_path, KERASTUNER_ORACLE_IP=ip), role="worker").oracle_ip == ip
+
+
+def test_the_smallest_heartbeat_and_lease_allowed_load(tmp_path):
+    s = config.load(env(tmp_path, KTC_LEASE_SECONDS="1", KTC_HEARTBEAT_SECONDS="0.1", KTC_STOCK_LEASE_SECONDS="1"))
+    assert (s.lease_seconds, s.heartbeat_seconds, s.stock_lease_seconds) == (1.0, 0.1, 1.0)
