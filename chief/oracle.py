@@ -37,7 +37,7 @@ from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.engine import trial as trial_module
 
 from chief.recovery import InconsistentState
-from chief.trials import Phase, TrialBook
+from chief.trials import InvalidRequest, Phase, TrialBook
 
 TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
 MAX_HYPERPARAMETERS = 1000
@@ -132,14 +132,30 @@ class ClusterOracleMixin:
 
     def check_metrics(self, metrics: dict) -> None:
         """Raise ValueError unless a progress report is safe to record: at most MAX_HYPERPARAMETERS
-        metrics with sane names, and the objective among them (stock would raise that inside its
-        lock)."""
+        metrics with sane names and finite values (an infinite objective would become the best
+        trial, a NaN one a silent retry), and the objective among them (stock would raise that
+        inside its lock)."""
         if len(metrics) > MAX_HYPERPARAMETERS:
             raise ValueError(f"{len(metrics)} metrics: at most {MAX_HYPERPARAMETERS} are allowed")
-        for name in metrics:
+        for name, value in metrics.items():
             if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
                 raise ValueError(f"metric name {name[:40]!r}: 1 to {MAX_NAME_LENGTH} printable characters")
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"metric {name}={value!r} is not a finite number (a diverged training: end the "
+                                 "attempt FAILED with why)")
         self._check_objective_found(metrics)
+
+    def end_trial(self, trial) -> None:
+        """Stock's end_trial, after checking that a COMPLETED trial has its objective on record
+        (stock would raise a KeyError inside its lock); InvalidRequest (nothing changed) if not."""
+        if trial.status == trial_module.TrialStatus.COMPLETED and trial.trial_id in self.trials:
+            recorded = self.trials[trial.trial_id].metrics.metrics
+            if not self.objective.has_value(recorded):
+                raise InvalidRequest(
+                    f"trial {trial.trial_id} ended COMPLETED without a report of its objective "
+                    f"{self.objective.name} (reported: {', '.join(sorted(recorded))[:200] or 'nothing'}); report "
+                    "it first, or end the attempt FAILED")
+        super().end_trial(trial)
 
     def release_lock_after_error(self) -> None:
         """A stock `@synchronized` method raised in this thread: release the lock it kept."""
@@ -164,6 +180,7 @@ class ClusterOracleMixin:
                 for value in values if isinstance(values, list) else [values]:
                     if isinstance(value, float) and not math.isfinite(value):
                         raise InvalidSpace(f"hyperparameter {hp.name!r}: {key} {value} is not a finite number")
+            _check_shape(hp.name, config)
             for condition in hp.conditions:
                 if condition.name not in names:
                     raise InvalidSpace(f"hyperparameter {hp.name!r}: its condition names {condition.name!r}, "
@@ -216,6 +233,21 @@ class ClusterOracleMixin:
                 self._id_to_hash[trial_id] = digest
                 self._tried_so_far.add(digest)
         return restored
+
+
+def _check_shape(name: str, config: dict) -> None:
+    """InvalidSpace unless a hyperparameter can be sampled: min <= max, a positive step, a
+    Choice with values, a known sampling."""
+    low, high, step = config.get("min_value"), config.get("max_value"), config.get("step")
+    if low is not None and high is not None and low > high:
+        raise InvalidSpace(f"hyperparameter {name!r}: min_value {low} is greater than max_value {high}")
+    if step is not None and not step > 0:
+        raise InvalidSpace(f"hyperparameter {name!r}: step {step} must be greater than 0")
+    if "values" in config and not config["values"]:
+        raise InvalidSpace(f"hyperparameter {name!r}: a Choice needs at least one value")
+    sampling = config.get("sampling")
+    if sampling is not None and sampling not in ("linear", "log", "reverse_log"):
+        raise InvalidSpace(f"hyperparameter {name!r}: sampling {sampling!r} is not linear, log or reverse_log")
 
 
 def short_message(message: str | None) -> str:

@@ -5,6 +5,11 @@ Stock workers and ktcluster workers both talk to it. The chief owns this loop
 exclusive port (no SO_REUSEPORT: a second chief fails at once instead of
 silently splitting the search), errors mapped to gRPC status codes, and a
 blocking wait on an event instead of sleep-polling.
+
+Input never reaches a log as a traceback: identity is checked first (with TLS, the peer's
+certificate must be a worker's; UpdateSpace then needs a registered worker), payloads are parsed
+after it and a payload that cannot be parsed is refused with INVALID_ARGUMENT. Each refusal is
+logged as one line, at most once per caller and reason every REFUSAL_LOG_WINDOW seconds.
 """
 
 from __future__ import annotations
@@ -21,37 +26,100 @@ from keras_tuner.engine import trial as trial_module
 from chief.journal import StorageUnavailable
 from chief.leases import DuplicateWorker
 from chief.oracle import MAX_HYPERPARAMETERS
-from chief.trials import Caller, InvalidRequest, Refused
+from chief.trials import Caller, InvalidRequest, NotRegistered, Refused
 from shared import config, rpc, tls
+from shared.logs import OncePerWindow
 
 log = logging.getLogger("ktcluster.server")
 service, service_grpc = rpc.ORACLE_MESSAGES, rpc.ORACLE_GRPC
+
+
+REFUSAL_LOG_WINDOW = 60.0  # seconds: one line per caller and reason in this window
 
 
 class PortInUse(RuntimeError):
     pass
 
 
+class NotAWorker(Refused):
+    """A TLS peer whose certificate is not a worker's (the chief's, the health probe's)."""
+
+    code = "PERMISSION_DENIED"
+
+
+def _who_calls(context) -> str:
+    """The caller, for the log: the worker id it names, else its address without the port."""
+    worker = rpc.metadata(context).get(rpc.WORKER_KEY)
+    if isinstance(worker, str) and worker:
+        return worker[:config.MAX_TUNER_ID]
+    peer = context.peer() if hasattr(context, "peer") else ""
+    return (peer or "unknown").rsplit(":", 1)[0]
+
+
+def _check_certificate(context) -> None:
+    """With TLS, only a worker certificate may call (shared.tls.WORKER_NAME): the chief's and the
+    health probe's are signed by the same CA but must not act as a worker. Plaintext: nothing."""
+    auth = context.auth_context() if hasattr(context, "auth_context") else {}
+    names = auth.get("x509_common_name")
+    if names is None:
+        return
+    if [n.decode("utf-8", "replace") for n in names] != [tls.WORKER_NAME]:
+        raise NotAWorker(f"a certificate for {b','.join(names).decode('utf-8', 'replace')[:60]!r} may not call "
+                         f"the oracle: only the workers' ({tls.WORKER_NAME}, {tls.WORKER_CERT}) may")
+
+
 def _guarded(method):
     """Answer a refused request with its status code and one line (nothing changed), a chief that
-    cannot store with UNAVAILABLE (the worker retries), and anything else with INTERNAL, logged:
-    the chief keeps serving either way."""
+    cannot store with UNAVAILABLE (the worker retries), and anything else with INTERNAL, logged
+    with its traceback: the chief keeps serving either way. Refusals and failures are logged at
+    most once per caller (or method) and reason per REFUSAL_LOG_WINDOW."""
 
     def wrapper(self, request, context):
         try:
+            _check_certificate(context)
             return method(self, request, context)
         except Refused as exc:
+            self._refused(context, method.__name__, exc)
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except DuplicateWorker as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except StorageUnavailable as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the chief cannot store results now ({exc.strerror}); retry")
         except Exception as exc:
-            log.exception("%s failed", method.__name__)
+            if self.log_once.allow((method.__name__, type(exc).__name__)):
+                log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     wrapper.__name__ = method.__name__
     return wrapper
+
+
+class _Servicer:
+    """What both services share: the coordinator and the refusal log."""
+
+    def __init__(self, coordinator, log_once: OncePerWindow | None = None):
+        self.coordinator = coordinator
+        self.log_once = log_once or OncePerWindow(REFUSAL_LOG_WINDOW)
+
+    def _refused(self, context, method: str, exc: Refused) -> None:
+        """One line per caller and reason per window (NotOwner is logged by the coordinator)."""
+        if type(exc).__name__ == "NotOwner":
+            return
+        reason = " ".join(str(exc).split())
+        caller = _who_calls(context)
+        count = self.log_once.allow((caller, method, type(exc).__name__, reason[:200]))
+        if count:
+            more = f" ({count - 1} more like it since the last line)" if count > 1 else ""
+            log.warning("%s from %s refused (%s): %s%s", method, caller, exc.code, reason[:500], more)
+
+
+def _parse(what: str, parse):
+    """`parse()`, its failure refused as INVALID_ARGUMENT with one line (never a traceback)."""
+    try:
+        return parse()
+    except Exception as exc:
+        problem = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InvalidRequest(f"{what} cannot be read: {problem}") from None
 
 
 def _caller(context) -> Caller:
@@ -90,12 +158,9 @@ def _string(request: dict, key: str, limit: int, required: bool = True) -> str:
     return value
 
 
-class OracleServicer(service_grpc.OracleServicer):
+class OracleServicer(_Servicer, service_grpc.OracleServicer):
     """KerasTuner's Oracle service; ktcluster workers add who they are as metadata. Each method
-    parses its request, names the caller and hands both to the coordinator."""
-
-    def __init__(self, coordinator):
-        self.coordinator = coordinator
+    names the caller, parses its request and hands both to the coordinator."""
 
     @_guarded
     def GetSpace(self, request, context):
@@ -104,7 +169,11 @@ class OracleServicer(service_grpc.OracleServicer):
     @_guarded
     def UpdateSpace(self, request, context):
         caller = _caller(context)
-        self.coordinator.update_space(hp_module.HyperParameters.from_proto(request.hyperparameters), caller)
+        if caller.anonymous or not self.coordinator.leases.holds(caller.worker, caller.instance):
+            raise NotRegistered("UpdateSpace is accepted only from a registered ktcluster worker")
+        space = _parse("UpdateSpace's hyperparameters",
+                       lambda: hp_module.HyperParameters.from_proto(request.hyperparameters))
+        self.coordinator.update_space(space, caller)
         return service.UpdateSpaceResponse()
 
     @_guarded
@@ -121,7 +190,7 @@ class OracleServicer(service_grpc.OracleServicer):
     @_guarded
     def EndTrial(self, request, context):
         caller, (message, used) = _caller(context), _report(context)
-        trial = trial_module.Trial.from_proto(request.trial)
+        trial = _parse("EndTrial's trial", lambda: trial_module.Trial.from_proto(request.trial))
         trial.status = trial_module.TrialStatus.from_proto(request.trial.status) or "UNKNOWN"
         self.coordinator.end_trial(trial, caller, message, used)
         return service.EndTrialResponse()
@@ -136,11 +205,8 @@ class OracleServicer(service_grpc.OracleServicer):
         return service.GetBestTrialsResponse(trials=[t.to_proto() for t in trials])
 
 
-class ClusterServicer:
+class ClusterServicer(_Servicer):
     """ktcluster's own service: worker registration and heartbeats (JSON payloads, checked here)."""
-
-    def __init__(self, coordinator):
-        self.coordinator = coordinator
 
     @staticmethod
     def _who(request) -> tuple[str, str]:
@@ -169,6 +235,12 @@ class InProcessContext:
 
     def __init__(self, worker: str | None = None):
         self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid")) if worker else ()
+
+    def peer(self):
+        return "in-process"
+
+    def auth_context(self):
+        return {}
 
     def invocation_metadata(self):
         return self._metadata
@@ -206,8 +278,9 @@ def serve(server, coordinator) -> None:
     from now). What is alive by now (TensorFlow, Keras, the dataset, the oracle) is moved out of
     the garbage collector's reach first (`gc.freeze`) and young collections run every 10,000
     allocations: full collections over TensorFlow's heap would stall every request."""
-    service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator), server)
-    server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator)),))
+    log_once = OncePerWindow(REFUSAL_LOG_WINDOW)
+    service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator, log_once), server)
+    server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator, log_once)),))
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     server.start()
