@@ -2,14 +2,19 @@
 
 KTC_TLS_DIR names a folder of PEM files (empty: plaintext, as before):
 
-    ca.pem      the cluster's own certificate authority (it signs the two below, nothing else)
-    chief.pem   the chief's certificate (name `ktcluster-chief`), chief.key its private key
-    worker.pem  the workers' certificate, worker.key its private key (all workers share it)
+    ca.pem      the cluster's own certificate authority (it signs the three below, nothing else)
+    chief.pem   the chief's certificate (name `ktcluster-chief`, serverAuth only), chief.key its key
+    worker.pem  the workers' certificate (`ktcluster-worker`, clientAuth only), worker.key its key
+    probe.pem   the health probe's certificate (`ktcluster-probe`, clientAuth only), probe.key
 
-The chief needs ca.pem, chief.pem and chief.key; a worker needs ca.pem, worker.pem and
-worker.key. With the folder set, the chief serves TLS only and refuses any client whose
-certificate is not signed by ca.pem (no certificate, another CA's, a plaintext channel, a stock
-KerasTuner client). `python -m chief health` presents the chief's own certificate.
+Certificates by role: the chief's certificate cannot act as a client, the workers' cannot serve,
+and the probe's may connect (the health check) but may call nothing: the chief refuses every
+call from a certificate that is not a worker's (chief/server.py). A folder whose certificates
+carry other usages (a set from before roles, where chief.pem also had clientAuth) is refused
+with one line. The chief needs ca.pem, chief.pem, chief.key, and probe.pem/probe.key where its
+health check runs; a worker needs ca.pem, worker.pem and worker.key. With the folder set, the
+chief serves TLS only and refuses any client whose certificate is not signed by ca.pem (no
+certificate, another CA's, a plaintext channel, a stock KerasTuner client).
 
 Names: the chief's certificate names `ktcluster-chief` only, and clients check that name
 (`grpc.ssl_target_name_override`) whatever host they dial (`chief` in Compose, `tasks.chief` on
@@ -35,9 +40,15 @@ from shared.config import ConfigError
 SETTING = "KTC_TLS_DIR"
 CHIEF_NAME = "ktcluster-chief"  # the one name in the chief's certificate; clients check it
 WORKER_NAME = "ktcluster-worker"
+PROBE_NAME = "ktcluster-probe"
 CA, CHIEF_CERT, CHIEF_KEY, WORKER_CERT, WORKER_KEY = "ca.pem", "chief.pem", "chief.key", "worker.pem", "worker.key"
-ROLE_FILES = {"chief": (CHIEF_CERT, CHIEF_KEY), "worker": (WORKER_CERT, WORKER_KEY)}
+PROBE_CERT, PROBE_KEY = "probe.pem", "probe.key"
+ROLE_FILES = {"chief": (CHIEF_CERT, CHIEF_KEY), "worker": (WORKER_CERT, WORKER_KEY), "probe": (PROBE_CERT, PROBE_KEY)}
+ROLE_NAMES = {"chief": CHIEF_NAME, "worker": WORKER_NAME, "probe": PROBE_NAME}
+#: role -> its certificate's only extended key usage ("serverAuth" or "clientAuth")
+ROLE_USAGE = {"chief": "serverAuth", "worker": "clientAuth", "probe": "clientAuth"}
 CA_DAYS, LEAF_DAYS = 3650, 730
+LEAF_USAGES = {role: [usage] for role, usage in ROLE_USAGE.items()}  # what `make` writes (tests change it)
 
 
 class TLSError(ConfigError):
@@ -58,7 +69,8 @@ class Material:
 
 
 def load(tls_dir: str, role: str) -> Material:
-    """Read and check `role`'s files ("chief" or "worker") in `tls_dir`; raise TLSError."""
+    """Read and check `role`'s files ("chief", "worker" or "probe") in `tls_dir`: signed by ca.pem,
+    valid now, the key matching, naming the role and carrying its usage only; raise TLSError."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
@@ -104,7 +116,26 @@ def load(tls_dir: str, role: str) -> Material:
         raise fail(f"{key_name} is not the key of {cert_name}")
     if role == "chief" and CHIEF_NAME not in _dns_names(certs[cert_name]):
         raise fail(f"{cert_name} does not name {CHIEF_NAME} (its subject alternative names)")
+    common = [a.value for a in certs[cert_name].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if common != [ROLE_NAMES[role]]:
+        raise fail(f"{cert_name} is not a {role} certificate (its common name is {', '.join(common) or 'missing'}, "
+                   f"not {ROLE_NAMES[role]})")
+    usages = _usages(certs[cert_name])
+    if usages != [ROLE_USAGE[role]]:
+        raise fail(f"{cert_name} is for {', '.join(usages) or 'no extended key usage'}; a {role} certificate must "
+                   f"be for {ROLE_USAGE[role]} only (a set from before certificates by role?)")
     return Material(ca=raw[CA], cert=raw[cert_name], key=raw[key_name])
+
+
+def _usages(cert) -> list[str]:
+    """The certificate's extended key usages by short name (serverAuth, clientAuth...), sorted."""
+    from cryptography import x509
+
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return []
+    return sorted(getattr(oid, "_name", None) or oid.dotted_string for oid in usages)
 
 
 def _dns_names(cert) -> list[str]:
@@ -210,11 +241,11 @@ def describe(tls_dir: str, role: str) -> str:
 
 def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:
     """True once something accepts gRPC connections at `address` within `timeout` seconds (the
-    chief's health check, tests); with `tls_dir`, over mutual TLS presenting the chief's own
-    certificate (TLSError if unusable). Imports gRPC only."""
+    chief's health check, tests); with `tls_dir`, over mutual TLS presenting the health probe's
+    certificate (probe.pem: it may connect, never call; TLSError if unusable). Imports gRPC only."""
     import grpc
 
-    with channel(address, tls_dir, role="chief") as ready:
+    with channel(address, tls_dir, role="probe") as ready:
         try:
             grpc.channel_ready_future(ready).result(timeout=timeout)
             return True
@@ -223,7 +254,8 @@ def wait_ready(address: str, timeout: float, tls_dir: str = "") -> bool:
 
 
 def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
-    """Write a new CA, chief and worker set into `folder` (created if needed; keys mode 0600).
+    """Write a new CA, chief, worker and probe set into `folder` (created if needed; keys mode
+    0600), each leaf with its role's usage only (ROLE_USAGE).
     Refuses (TLSError) if any of the files exists: a new CA would orphan the old certificates.
     Returns the paths written."""
     from cryptography import x509
@@ -231,7 +263,7 @@ def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    names = (CA, CHIEF_CERT, CHIEF_KEY, WORKER_CERT, WORKER_KEY)
+    names = (CA, CHIEF_CERT, CHIEF_KEY, WORKER_CERT, WORKER_KEY, PROBE_CERT, PROBE_KEY)
     existing = [n for n in names if os.path.exists(os.path.join(folder, n))]
     if existing:
         raise TLSError(folder, f"{', '.join(existing)} already there; refusing to overwrite (remove them or "
@@ -268,9 +300,10 @@ def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
             (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
             (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)])
 
-    # The chief's certificate also authenticates it as a client: its own health check.
-    chief_key, chief_cert = leaf(CHIEF_NAME, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    worker_key, worker_cert = leaf(WORKER_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH])
+    oids = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
+    chief_key, chief_cert = leaf(CHIEF_NAME, [oids[u] for u in LEAF_USAGES["chief"]])
+    worker_key, worker_cert = leaf(WORKER_NAME, [oids[u] for u in LEAF_USAGES["worker"]])
+    probe_key, probe_cert = leaf(PROBE_NAME, [oids[u] for u in LEAF_USAGES["probe"]])
 
     def pem_key(key):
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -278,7 +311,8 @@ def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
 
     contents = {CA: ca_cert.public_bytes(serialization.Encoding.PEM),
                 CHIEF_CERT: chief_cert.public_bytes(serialization.Encoding.PEM), CHIEF_KEY: pem_key(chief_key),
-                WORKER_CERT: worker_cert.public_bytes(serialization.Encoding.PEM), WORKER_KEY: pem_key(worker_key)}
+                WORKER_CERT: worker_cert.public_bytes(serialization.Encoding.PEM), WORKER_KEY: pem_key(worker_key),
+                PROBE_CERT: probe_cert.public_bytes(serialization.Encoding.PEM), PROBE_KEY: pem_key(probe_key)}
     written = []
     for name in names:  # the CA's key is never written: a new worker set means a new `make`
         path = os.path.join(folder, name)
@@ -292,10 +326,12 @@ def make(folder: str, days: int = LEAF_DAYS) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.tls", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    make_cmd = commands.add_parser("make", help="write ca.pem, chief.pem/.key and worker.pem/.key into DIR")
+    make_cmd = commands.add_parser("make", help="write ca.pem, chief.pem/.key, worker.pem/.key and probe.pem/.key "
+                                                "into DIR")
     make_cmd.add_argument("dir")
     make_cmd.add_argument("--days", type=int, default=LEAF_DAYS, help=f"leaf validity (default {LEAF_DAYS})")
-    check_cmd = commands.add_parser("check", help="check DIR as KTC_TLS_DIR for the chief and the workers")
+    check_cmd = commands.add_parser("check", help="check DIR as KTC_TLS_DIR for the chief, the workers and the "
+                                                  "health probe")
     check_cmd.add_argument("dir")
     args = parser.parse_args(argv)
     try:
@@ -307,7 +343,7 @@ def main(argv=None) -> int:
         else:
             for role in ROLE_FILES:
                 load(args.dir, role)
-            print(f"{args.dir}: usable by the chief and the workers")
+            print(f"{args.dir}: usable by the chief, the workers and the health probe")
     except TLSError as exc:
         print(f"ktcluster tls: {exc}", file=sys.stderr)
         return 2

@@ -83,7 +83,8 @@ def test_gpu_variant_reserves_one_gpu_per_worker_only():
 def test_tls_variant_gives_each_role_only_its_own_key():
     stack = services("stack.yaml", "stack.tls.yaml")
     targets = {role: {s["target"] for s in stack[role].get("secrets", [])} for role in stack}
-    assert targets["chief"] == {"ktc-tls/ca.pem", "ktc-tls/chief.pem", "ktc-tls/chief.key"}
+    assert targets["chief"] == {"ktc-tls/ca.pem", "ktc-tls/chief.pem", "ktc-tls/chief.key", "ktc-tls/probe.pem",
+                                "ktc-tls/probe.key"}
     assert targets["worker"] == {"ktc-tls/ca.pem", "ktc-tls/worker.pem", "ktc-tls/worker.key"}
     assert targets["tensorboard"] == set()
     for role in ("chief", "worker"):

@@ -192,7 +192,8 @@ def test_tensorboard_serves_the_workers_logs_claim_through_an_internal_service(b
     assert claim_at(deployment, log_dir) == claim_at(one(base, "Job", "ktcluster-worker"), log_dir) == "ktcluster-logs"
 
 
-@pytest.mark.parametrize("name, files", [("ktcluster-chief", ["ca.pem", "chief.pem", "chief.key"]),
+@pytest.mark.parametrize("name, files", [("ktcluster-chief", ["ca.pem", "chief.pem", "chief.key", "probe.pem",
+                                                                       "probe.key"]),
                                          ("ktcluster-worker", ["ca.pem", "worker.pem", "worker.key"])])
 def test_tls_comes_from_a_secret_mounted_at_ktc_tls_dir(base, name, files):
     job = one(base, "Job", name)

@@ -30,7 +30,7 @@ from tests.procs import cluster_env
 from worker.client import ChiefUnreachable, OracleClient, TLSMismatch
 
 service = rpc.ORACLE_MESSAGES
-FILES = ["ca.pem", "chief.key", "chief.pem", "worker.key", "worker.pem"]
+FILES = ["ca.pem", "chief.key", "chief.pem", "probe.key", "probe.pem", "worker.key", "worker.pem"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_make_writes_a_usable_set_with_private_keys(sets):
     for name in FILES:
         mode = stat.S_IMODE(os.stat(os.path.join(ours, name)).st_mode)
         assert mode == (0o600 if name.endswith(".key") else 0o644), name
-    for role in ("chief", "worker"):
+    for role in ("chief", "worker", "probe"):
         material = tls.load(ours, role)
         assert material.cert == _read(ours, f"{role}.pem") and material.key == _read(ours, f"{role}.key")
     assert tls.main(["check", ours]) == 0
@@ -334,3 +334,79 @@ def test_the_worker_process_exits_2_with_one_line_naming_ktc_tls_dir(chief, sets
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("ktcluster worker:")]
     assert len(lines) == 1 and lines[0].startswith(f"ktcluster worker: KTC_TLS_DIR={sets[1]}: worker-1: "), lines
+
+
+# -- certificates by role (issue 21) -----------------------------------------------------------
+def _usages(folder, name):
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(_read(folder, name))
+    return sorted(u._name for u in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_each_certificate_carries_its_roles_usage_only(sets):
+    ours, _ = sets
+    assert _usages(ours, "chief.pem") == ["serverAuth"]
+    assert _usages(ours, "worker.pem") == ["clientAuth"]
+    assert _usages(ours, "probe.pem") == ["clientAuth"]
+
+
+@pytest.mark.parametrize("role, usages", [("chief", ["serverAuth", "clientAuth"]), ("worker", ["clientAuth", "serverAuth"]),
+                                          ("probe", ["serverAuth"])])
+def test_check_refuses_a_certificate_with_another_roles_usage_in_one_line(tmp_path, monkeypatch, capsys, role, usages):
+    monkeypatch.setitem(tls.LEAF_USAGES, role, usages)
+    folder = str(tmp_path / "old")
+    tls.make(folder)
+    assert tls.main(["check", folder]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{role}.pem is for " in err and f"a {role} certificate must be for" in err
+    with pytest.raises(ConfigError):
+        tls.load(folder, role)
+
+
+def test_a_worker_certificate_cannot_serve_nor_a_probes_stand_in_for_a_workers(tmp_path, sets):
+    ours, _ = sets
+    folder = str(tmp_path / "swapped")
+    shutil.copytree(ours, folder)
+    for ext in (".pem", ".key"):
+        shutil.copy(os.path.join(ours, "probe" + ext), os.path.join(folder, "worker" + ext))
+    with pytest.raises(ConfigError, match="worker.pem is not a worker certificate"):
+        tls.load(folder, "worker")
+
+
+def _channel_as(address, folder, cert, key):
+    credentials = grpc.ssl_channel_credentials(root_certificates=_read(folder, "ca.pem"),
+                                               private_key=_read(folder, key), certificate_chain=_read(folder, cert))
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", tls.CHIEF_NAME)])
+
+
+def test_the_probe_passes_the_health_check_and_may_call_nothing(chief, sets):
+    coordinator, address = chief
+    ours, _ = sets
+    assert wait_ready(address, timeout=5, tls_dir=ours)  # the health check presents probe.pem
+    calls = {
+        "GetSpace": lambda stub, cluster: stub.GetSpace(service.GetSpaceRequest(), timeout=5),
+        "CreateTrial": lambda stub, cluster: stub.CreateTrial(service.CreateTrialRequest(tuner_id="w1"), timeout=5,
+                                                              metadata=((rpc.WORKER_KEY, "w1"), (rpc.INSTANCE_KEY, "i"))),
+        "Register": lambda stub, cluster: cluster.Register({"worker": "w1", "instance": "i"}, timeout=5),
+    }
+    codes = {}
+    with _channel_as(address, ours, "probe.pem", "probe.key") as channel:
+        stub, cluster = rpc.ORACLE_GRPC.OracleStub(channel), rpc.ClusterStub(channel)
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                call(stub, cluster)
+            codes[name] = caught.value.code()
+    assert codes == dict.fromkeys(calls, grpc.StatusCode.PERMISSION_DENIED), codes
+    assert not coordinator.leases.holds("w1", None) and not coordinator.oracle.trials
+
+
+def test_the_chiefs_certificate_cannot_act_as_a_worker(chief, sets):
+    coordinator, address = chief
+    ours, _ = sets
+    with _channel_as(address, ours, "chief.pem", "chief.key") as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            rpc.ClusterStub(channel).Register({"worker": "w1", "instance": "i"}, timeout=5)
+    # refused at the handshake (no clientAuth) or, were it accepted there, by its name
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED), caught.value
+    assert not coordinator.leases.holds("w1", None)
