@@ -171,6 +171,7 @@ def _start(settings):
     from chief.journal import JournalCorrupt
     from chief.oracle import version_warning
     from chief.recovery import InconsistentState
+    from shared import fingerprint
 
     dataset, build_model, oracle, space, metrics = _prepare(settings)
     warning = version_warning()
@@ -183,7 +184,8 @@ def _start(settings):
                                   on_event=progress.ProgressLog(), fsync=settings.fsync,
                                   stock_lease_seconds=settings.stock_lease_seconds,
                                   storage_grace_seconds=settings.storage_grace_seconds,
-                                  on_attempt_lost=_attempt_lost_shower(settings))
+                                  on_attempt_lost=_attempt_lost_shower(settings),
+                                  fingerprint=fingerprint.of(settings, build_model))
     except (InconsistentState, JournalCorrupt) as exc:
         raise _Exit(1, f"KTC_PROJECT={settings.project}: {exc}") from None
     if oracle.trials:

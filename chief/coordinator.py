@@ -3,9 +3,11 @@
 Every RPC is an event checked against the trial state machine (chief.trials) before the oracle
 sees it, under one lock; what it changed is journaled (chief.journal) and committed before the
 reply. Around the oracle:
-- worker identity and leases (chief.leases): a duplicate id is refused, a silent worker's trial is
-  re-queued, a late report from it is refused; stock KerasTuner clients are refused, or served with
-  leases renewed by their calls when KTC_STOCK_LEASE_SECONDS > 0;
+- worker identity and leases (chief.claims, chief.leases): a duplicate id or a worker whose
+  settings differ from the chief's is refused, only the process that started an attempt may go on
+  with it, a silent worker's trial is re-queued, a late report from it is refused; stock
+  KerasTuner clients are refused, or served with leases renewed by their calls when
+  KTC_STOCK_LEASE_SECONDS > 0;
 - a chief restart that neither loses nor re-runs trials (chief.recovery, `ClusterOracleMixin.restore`);
 - a failing state disk: calls are refused (UNAVAILABLE) until the journal can be appended again,
   and the search stops after KTC_STORAGE_GRACE_SECONDS (chief.statefiles.StorageFaults);
@@ -23,12 +25,12 @@ import time
 
 from keras_tuner.engine import trial as trial_module
 
-from chief import progress, recovery
+from chief import claims, progress, recovery
 from chief.journal import Event, RunJournal, StorageUnavailable
 from chief.leases import Leases
 from chief.oracle import InvalidSpace, short_message
 from chief.statefiles import StateWriter, StorageFaults
-from chief.trials import Caller, Cause, InvalidRequest, NotOwner, NotRegistered, Phase, Refused, TrialBook
+from chief.trials import Caller, Cause, InvalidRequest, NotOwner, NotRegistered, Phase, TrialBook
 from shared import config
 from shared.atomic import write_text_atomic
 from shared.layout import FINISHED_MARKER
@@ -42,21 +44,23 @@ INVALID = trial_module.TrialStatus.INVALID
 DEAF_AFTER = 1.0  # seconds an oracle call may hold the lock before its time stops counting against leases
 
 
-class Coordinator:
+class Coordinator(claims.ClaimsMixin):
     """Thread-safe facade over a ClusterOracleMixin oracle; `finished` is set when the search is
     over (or stopped: `fatal` says why). Methods taking a `Caller` raise `Refused` subclasses
-    (nothing changed) and StorageUnavailable (nothing acknowledged; the caller may retry)."""
+    (nothing changed) and StorageUnavailable (nothing acknowledged; the caller may retry).
+    `fingerprint` (shared.fingerprint): the chief's settings, which registering workers must share."""
 
     def __init__(self, oracle, lease_seconds: float, heartbeat_seconds: float,
                  on_event=lambda coordinator: None, clock=time.monotonic, fsync: bool = False,
                  stock_lease_seconds: float = 0.0, storage_grace_seconds: float = 300.0,
-                 on_attempt_lost=lambda trial_id, attempt, reason: None):
+                 on_attempt_lost=lambda trial_id, attempt, reason: None, fingerprint=None):
         self._lock = threading.Lock()
         self.oracle = oracle
         self.project_dir = oracle.project_dir
         self.faults = StorageFaults(storage_grace_seconds, clock=clock)
         self.journal = RunJournal(self.project_dir, fsync=fsync)
         replayed = recovery.replay(self.journal.events, self.journal.path)
+        claims.restore_tokens(self.journal.events, replayed.book)
         self.journal.events = []
         self.book: TrialBook = replayed.book
         self.writer = StateWriter(oracle, self._lock, self.faults, fsync=fsync)
@@ -66,8 +70,10 @@ class Coordinator:
                              stock_lease_seconds=stock_lease_seconds)
         self.heartbeat_seconds = heartbeat_seconds
         self._kept = restored  # worker -> the trial it ran before a restart
-        for worker in restored:
-            self.leases.grant(worker)
+        for worker, trial_id in restored.items():
+            self.leases.grant(worker, claim=self.book.runs[trial_id].token)
+        self.fingerprint = fingerprint
+        self._lost_later: list[tuple] = []  # (trial, attempt, reason) lost under the lock, reported by expire_leases
         self.finished = threading.Event()
         self.fatal: str | None = None
         self.stopped_workers: set[str] = set()
@@ -133,36 +139,7 @@ class Coordinator:
                 log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
                          trial_id, worker, self.leases.lease_seconds)
 
-    # -- workers: identity and liveness ----------------------------------------------
-    def register(self, worker: str, instance: str, info: str = "") -> dict:
-        """Raises leases.DuplicateWorker if another live process uses `worker`."""
-        with self._lock:
-            self.leases.register(worker, instance, info)
-        log.info("%s registered (%s)", worker, info or instance)
-        return {"heartbeat_seconds": self.heartbeat_seconds, "lease_seconds": self.leases.lease_seconds}
-
-    def heartbeat(self, worker: str, instance: str) -> dict:
-        """`ok` False: register again. `attempts`: the trials `worker` holds now, with their
-        attempt; one missing was taken away. `finished`: the search is over."""
-        with self._lock:
-            return {"ok": self.leases.beat(worker, instance), "attempts": self.book.owned_by(worker),
-                    "finished": self.finished.is_set()}
-
-    def _admit(self, caller: Caller, tuner_id: str | None = None) -> None:
-        """Renew the caller's lease: a ktcluster worker must hold its id (or claim a free one);
-        a stock client's call renews the lease of `tuner_id` (the id it holds or asks with)."""
-        if caller.anonymous:
-            if tuner_id is not None:
-                self.leases.renew_stock(tuner_id)
-        elif not self.leases.beat(caller.worker, caller.instance):
-            self.leases.register(caller.worker, caller.instance)
-
-    def _refuse_stock(self, caller: Caller) -> None:
-        if caller.anonymous and not self.leases.stock_lease_seconds:
-            raise Refused("this chief serves ktcluster workers (python -m worker), which name themselves and send "
-                          "heartbeats; to serve stock KerasTuner clients too, set KTC_STOCK_LEASE_SECONDS longer "
-                          "than an epoch")
-
+    # -- workers: identity and liveness (Register, heartbeats, admission: chief.claims) ------
     def expire_leases(self) -> list[str]:
         """Re-queue (or fail, once out of retries) the trials of workers silent past their lease,
         calling `on_attempt_lost(trial_id, attempt, reason)` for each, then `on_event` on every
@@ -183,8 +160,9 @@ class Coordinator:
                         log.warning("trial %s: %s; %s", trial_id, message, "re-queued"
                                     if self.book.runs[trial_id].phase is Phase.QUEUED else "out of retries")
                 self._check_finished()
+                taken, self._lost_later = self._lost_later, []
         except StorageUnavailable:
-            silent = []
+            silent, taken = [], []
         reason = self.faults.over()
         if reason and not self.fatal:
             self.fatal = reason
@@ -192,7 +170,7 @@ class Coordinator:
             self.finished.set()
         if silent:
             self._notify()
-        for trial_id, attempt, message in expired:  # files only: outside the lock
+        for trial_id, attempt, message in expired + taken:  # files only: outside the lock
             self._on_attempt_lost(trial_id, attempt, message)
         self._on_event(self)  # also: a worker fell silent, or was heard again
         return [trial_id for trial_id, _, _ in expired]
@@ -248,11 +226,9 @@ class Coordinator:
                     run = self.book.get(trial.trial_id)
                     log.info("trial %s resumed by %s (attempt %d)", trial.trial_id, tuner_id, run.attempt)
                 else:
-                    run = self.book.start(trial.trial_id, tuner_id, stock=caller.anonymous, now=time.time())
+                    run = self._start_attempt(trial, tuner_id, caller, now=time.time())
                     if run.attempt > 1:  # a retry: stock leaves its state saying INVALID
                         oracle.trial_restarted(trial)
-                    self.journal.record(Event.START, trial=trial.trial_id, worker=tuner_id, attempt=run.attempt,
-                                        stock=caller.anonymous)
                     if self.trial_lines.allow():
                         log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, tuner_id, run.attempt,
                                  trial.hyperparameters.values)

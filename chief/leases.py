@@ -11,12 +11,24 @@ Stock KerasTuner clients send no heartbeat: each of their calls renews a lease o
 `stock_lease_seconds` (`renew_stock`), long enough to cover an epoch between reports.
 `presence()` tells the progress line, as a `Presence` record, how many ids hold a lease and
 which ktcluster workers have been silent for longer than the caller allows.
+
+A worker's instance is its per-process secret token (worker.client makes it at random; TLS keeps
+it off the wire for others). Only its digest (`token_digest`) is written down: the journal's start
+lines name who started each attempt, and a restarted chief grants the id back (`grant(claim=...)`)
+to the one process that presents the token whose digest matches, for as long as a live holder
+would keep it (presence, from when the chief serves again).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+
+
+def token_digest(token: str) -> str:
+    """What may be written down about a worker's secret per-process token: a SHA-256 prefix."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class DuplicateWorker(RuntimeError):
@@ -30,6 +42,13 @@ class _Holder:
     info: str = ""
     deaf: float = 0.0  # seconds since `seen` during which the chief could not hear heartbeats
     lease: float | None = None  # None: the ktcluster lease
+    claim: str | None = None  # granted at a restart: the digest of the only token that may claim it
+
+    def admits(self, instance: str) -> bool:
+        """`instance` holds this id, or may claim it now (restart-granted, with its token)."""
+        if self.instance is not None:
+            return self.instance == instance
+        return self.claim is None or token_digest(instance) == self.claim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +72,16 @@ class Leases:
 
     def register(self, worker: str, instance: str, info: str = "") -> bool:
         """Bind `worker` to `instance`; True if it was already ours or free, raise DuplicateWorker
-        if another instance holds it and is still present."""
+        if another instance holds it and is still present (an id a restarted chief keeps for the
+        process that ran its trial counts as present from when the chief serves). The message
+        never quotes the holder's token."""
         now = self.clock()
         holder = self._holders.get(worker)
-        if holder and holder.instance not in (None, instance) and now - holder.seen < self.presence_seconds:
+        if holder and not holder.admits(instance) and now - holder.seen < self.presence_seconds:
+            who = holder.info or ("the process that ran its trial before the chief restarted"
+                                  if holder.instance is None else "another process")
             raise DuplicateWorker(
-                f"worker id {worker!r} is already used by a live worker ({holder.info or holder.instance}); "
+                f"worker id {worker!r} is already used by a live worker ({who}); "
                 "give each worker its own KERASTUNER_TUNER_ID")
         self._holders[worker] = _Holder(instance, now, info)
         return True
@@ -66,9 +89,9 @@ class Leases:
     def beat(self, worker: str, instance: str) -> bool:
         """Renew; False when `instance` does not hold `worker` (it must register again)."""
         holder = self._holders.get(worker)
-        if holder is None or holder.instance not in (None, instance):
+        if holder is None or not holder.admits(instance):
             return False
-        holder.instance, holder.seen, holder.deaf = instance, self.clock(), 0.0
+        holder.instance, holder.seen, holder.deaf, holder.claim = instance, self.clock(), 0.0, None
         return True
 
     def renew_stock(self, worker: str) -> None:
@@ -76,18 +99,21 @@ class Leases:
         a present ktcluster worker holds that id."""
         now = self.clock()
         holder = self._holders.get(worker)
-        if holder and holder.instance not in (None, STOCK) and now - holder.seen < self.presence_seconds:
+        free = holder is None or holder.instance == STOCK or (holder.instance is None and holder.claim is None)
+        if not free and now - holder.seen < self.presence_seconds:
             raise DuplicateWorker(f"worker id {worker!r} is already used by a live ktcluster worker "
-                                  f"({holder.info or holder.instance}); give the stock client another tuner id")
+                                  f"({holder.info or 'another process'}); give the stock client another tuner id")
         self._holders[worker] = _Holder(STOCK, now, STOCK, lease=self.stock_lease_seconds)
 
     def holds(self, worker: str, instance: str | None) -> bool:
         holder = self._holders.get(worker)
-        return holder is not None and (instance is None or holder.instance in (None, instance))
+        return holder is not None and (instance is None or holder.admits(instance))
 
-    def grant(self, worker: str) -> None:
-        """A restarted chief gives previous trial owners a fresh lease to come back within."""
-        self._holders.setdefault(worker, _Holder(None, self.clock()))
+    def grant(self, worker: str, claim: str | None = None) -> None:
+        """A restarted chief gives previous trial owners a fresh lease to come back within;
+        `claim`: the digest of the token the owner's process must present (None: journals from
+        before tokens, claimable by the first process to call)."""
+        self._holders.setdefault(worker, _Holder(None, self.clock(), claim=claim))
 
     def restart_granted(self) -> list[str]:
         """The chief now answers: every lease granted at the restart and not yet claimed runs

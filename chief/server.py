@@ -222,7 +222,8 @@ class ClusterServicer(_Servicer):
     @_guarded
     def Register(self, request, context):
         worker, instance = self._who(request)
-        return self.coordinator.register(worker, instance, _string(request, "info", 500, required=False))
+        return self.coordinator.register(worker, instance, _string(request, "info", 500, required=False),
+                                         fingerprint=request.get("fingerprint"))
 
     @_guarded
     def Heartbeat(self, request, context):

@@ -121,6 +121,7 @@ class TrialRun:
     message: str = ""  # the last failed attempt's message
     used: list[str] | None = None  # hyperparameters the accepted build used (ktcluster workers)
     accepted: int | None = None  # the attempt whose result counts (COMPLETED)
+    token: str | None = None  # digest of the token of the process running the current attempt (chief.leases)
 
 
 class TrialBook:
@@ -177,11 +178,13 @@ class TrialBook:
             raise NotFinal(f"an attempt must end COMPLETED, FAILED or INVALID, not {status}")
 
     # -- transitions (the journal records each) ---------------------------------------------
-    def start(self, trial_id: str, owner: str, stock: bool, now: float) -> TrialRun:
+    def start(self, trial_id: str, owner: str, stock: bool, now: float, token: str | None = None) -> TrialRun:
+        """A new attempt, numbered after every earlier one (numbers never repeat); `token`: the
+        digest of the starting process's token (None for stock clients)."""
         run = self.runs.get(trial_id) or TrialRun(trial_id)
         self._move(run, "start", Phase.RUNNING, Cause.CHIEF)
         self.runs[trial_id] = self.running[trial_id] = run
-        run.owner, run.stock, run.started, run.seconds = owner, stock, now, None
+        run.owner, run.stock, run.started, run.seconds, run.token = owner, stock, now, None, token
         run.attempt += 1
         return run
 

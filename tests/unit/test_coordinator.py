@@ -158,17 +158,21 @@ def test_a_long_oracle_call_costs_no_live_worker_its_trial(tmp_path, caplog):
     c.close()
 
 
-def test_worker_back_within_its_lease_resumes_its_trial(tmp_path):
+def test_a_new_process_with_a_gone_workers_id_runs_its_trial_as_a_new_attempt(tmp_path):
     clock = Clock()
     c = coordinator(tmp_path, clock)
     c.register("w1", "old")
     trial, _ = c.create_trial("w1", me("w1", "old"))
     clock.now = 4  # old process gone (silent > 3 heartbeats), lease (10 s) still live
-    c.register("w1", "new")
-    resumed, attempt = c.create_trial("w1", me("w1", "new"))
-    assert (resumed.trial_id, attempt) == (trial.trial_id, 1)
-    finish(c, resumed, me("w1", "new", 1))
-    assert [e["event"] for e in journal(tmp_path)].count("start") == 1  # resumed, not started again
+    c.register("w1", "new")  # the id is free again, the old process's attempt is not inherited
+    again, attempt = c.create_trial("w1", me("w1", "new"))
+    assert (again.trial_id, attempt) == (trial.trial_id, 2)
+    with pytest.raises(DuplicateWorker):  # the old process, heard again, may send nothing more for attempt 1
+        c.update_trial(trial.trial_id, {"score": 0.5}, 0, me("w1", "old", 1))
+    finish(c, again, me("w1", "new", 2))
+    starts = [e for e in journal(tmp_path) if e["event"] == "start"]
+    assert [e["attempt"] for e in starts] == [1, 2]  # one start per training
+    assert starts[0]["token"] != starts[1]["token"] and "old" not in json.dumps(starts)
     c.close()
 
 
@@ -233,8 +237,8 @@ def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_pat
         "w2": running.trial_id, "w1": retried.trial_id}
     assert restarted.oracle.queued_ids == []
     assert restarted.heartbeat("w1", "w1")["attempts"] == {retried.trial_id: 2}
-    restarted.update_trial(running.trial_id, {"score": 0.7}, 0, me("w2", "w2-new"))  # live worker reports: kept
-    restarted.end_trial(result(running), me("w2", "w2-new", 1))
+    restarted.update_trial(running.trial_id, {"score": 0.7}, 0, me("w2"))  # live worker reports: kept
+    restarted.end_trial(result(running), me("w2", "w2", 1))
     finish(restarted, again, me("w1", "w1", 2))
     last, _ = restarted.create_trial("w1", me("w1"))
     assert last.trial_id not in {done.trial_id, running.trial_id, retried.trial_id}
@@ -258,7 +262,7 @@ def test_restart_keeps_a_trial_for_one_lease_from_when_it_serves_not_from_start_
     assert f"trial {running.trial_id} was running on w1 before the restart: kept for it for 10s" in caplog.text
     clock.now += 9
     assert restarted.expire_leases() == []
-    assert restarted.heartbeat("w1", "w1-new")["ok"] is True  # claimed by the worker's new call
+    assert restarted.heartbeat("w1", "w1")["ok"] is True  # claimed by the worker's next call
     clock.now += 9
     assert restarted.expire_leases() == []
     clock.now += 2
@@ -327,7 +331,7 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     """The journal keeps a trial's space by reference; replayed after a kill -9 (and across a
     restart, which appends to the same file) it must give every trial's state exactly as the live
     oracle had it: reports at a new step, a second value at the same step, a metric first seen
-    mid-trial, NaN and infinity, a space that grew mid-search."""
+    mid-trial, a space that grew mid-search."""
     from keras_tuner.src.engine.hyperparameters import HyperParameters
 
     def run(c, worker, reports, status="COMPLETED"):
@@ -344,7 +348,7 @@ def test_journal_replays_every_trial_state_exactly(tmp_path):
     for w in ("w1", "w2"):
         c.register(w, w)
     reports = [(0, {"score": 0.5}), (1, {"score": 0.7, "loss": 2.0}), (1, {"score": 0.6}),
-               (3, {"score": float("nan"), "loss": float("inf")}), (2, {"score": 0.65})]
+               (3, {"score": 0.2, "loss": 3.0}), (2, {"score": 0.65})]  # NaN and infinity are refused now
     run(c, "w1", reports)
     run(c, "w1", [(0, {"score": 0.1})], status="INVALID")  # re-queued for a retry
     grown = HyperParameters()
