@@ -186,8 +186,9 @@ def _start(settings):
                                   storage_grace_seconds=settings.storage_grace_seconds,
                                   on_attempt_lost=_attempt_lost_shower(settings),
                                   fingerprint=fingerprint.of(settings, build_model))
-    except (InconsistentState, JournalCorrupt) as exc:
-        raise _Exit(1, f"KTC_PROJECT={settings.project}: {exc}") from None
+    except (InconsistentState, JournalCorrupt, OSError) as exc:  # OSError: the journal cannot be opened
+        fix = "; make it writable by the chief, then start it again" if isinstance(exc, OSError) else ""
+        raise _Exit(1, f"KTC_PROJECT={settings.project}: {exc}{fix}") from None
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
