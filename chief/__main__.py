@@ -3,8 +3,10 @@
 
 Exit codes: 0 search finished (results written; a finished project is only reported, with the
 settings recorded for it), 1 runtime failure (e.g. the dataset could not be downloaded), 2 bad
-setting (one line naming it). A start that fails records why for the workers
-(shared.layout.CHIEF_FAILED), so they exit with this reason and code instead of waiting.
+setting (one line naming it; also: another chief holds the project, or a setting the project
+cannot change was changed, one line each). A start that fails records why for the workers
+(shared.layout.CHIEF_FAILED), so they exit with this reason and code instead of waiting. A chief
+that lost its project to another chief (paused or cut off past its lease) exits 1 at once.
 """
 
 from __future__ import annotations
@@ -96,11 +98,11 @@ def _prepare(settings):
 
 def run(settings) -> int:
     """Serve the search, or only report a finished project (`_finished_record`). A start that
-    fails after the settings are read leaves shared.layout.CHIEF_FAILED for the workers."""
+    fails after the settings are read leaves shared.layout.CHIEF_FAILED for the workers. The
+    project is held by one chief at a time (chief.project, chief.ownership), released on the way out."""
     from shared.devices import hide_gpus
 
     hide_gpus()  # the chief trains nothing; leave every GPU to the workers
-    from chief import progress
     from chief.server import PortInUse, bind
     from shared import tls
 
@@ -116,6 +118,26 @@ def run(settings) -> int:
         return _start_failed(settings, 2, str(exc))
     log.info("%s", tls.describe(settings.tls_dir, "chief"))
     signal.signal(signal.SIGTERM, _on_sigterm)
+    from chief import project
+
+    try:  # one chief per project; settings the project cannot change (chief.project)
+        held = project.take(settings)
+    except project.Refused as exc:  # a chief that holds the project: no failure record (its workers need it)
+        if exc.record:
+            _record_failure(settings, exc.code, str(exc))
+        for line in exc.lines:
+            _fail(exc.code, line)
+        return exc.code
+    try:
+        return _serve(settings, server, port)
+    finally:
+        held.release()
+
+
+def _serve(settings, server, port) -> int:
+    """run(), once the project is held: start, serve until the search is over, report."""
+    from chief import progress
+
     try:
         coordinator, build_model = _start(settings)
     except _Exit as exc:

@@ -5,7 +5,18 @@ One JSON object per line, in `<project>/ktcluster-runs.jsonl`:
 - `trial`: a trial's whole state (what KerasTuner keeps in trial.json);
 - `metrics`: what one progress report added (written by earlier versions; still replayed);
 - `start` / `end`: the trial state machine's transitions (chief.trials): who ran which attempt,
-  when, and how it ended.
+  when, and how it ended;
+- `chief`: a chief took the project over (chief.ownership), with its generation `g`.
+
+Fencing (one chief per project, chief.ownership). A chief that holds the project opens the
+journal by taking it over: it copies the journal's whole lines into a new file and renames that
+over the journal, so a chief that lost the project keeps appending, if ever it does (a late write
+after a pause, a network filesystem flushing what it cached), to a file nobody reads any more.
+Its first commit starts with its `chief` line; every line it writes carries its generation `g`,
+each commit first checks that the project is still its own (a lost chief's commit fails: it
+stops), and reading leaves out any line whose generation is lower than that of a `chief` line
+before it: a late write of a chief that lost the project never counts, wherever it landed.
+Lines without `g` (a journal from before generations) are generation 0.
 
 Lines are buffered while an oracle call runs and handed to the kernel by `commit` before the
 call is answered (fsync'd too with KTC_FSYNC=1). A commit that fails (disk full, I/O error) cuts
@@ -18,16 +29,20 @@ appended. An undecodable line anywhere else raises `JournalCorrupt` naming the f
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import logging
 import math
 import os
+import re
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import orjson
 
 JOURNAL = "ktcluster-runs.jsonl"
+log = logging.getLogger("ktcluster.chief")
 
 
 class Event(str, enum.Enum):
@@ -36,6 +51,7 @@ class Event(str, enum.Enum):
     METRICS = "metrics"
     START = "start"
     END = "end"
+    CHIEF = "chief"
 
 
 class JournalCorrupt(RuntimeError):
@@ -44,6 +60,45 @@ class JournalCorrupt(RuntimeError):
 
 class StorageUnavailable(OSError):
     """The journal could not be appended; what was recorded is kept for the next commit."""
+
+
+class ProjectLost(RuntimeError):
+    """Another chief took the project over: this one must write nothing more (chief.ownership)."""
+
+
+class Fence(Protocol):
+    """What the journal needs of the chief's hold on its project (chief.ownership.Ownership)."""
+
+    generation: int
+
+    def check(self) -> None:
+        """Raise ProjectLost if another chief took the project over (OSError: cannot tell now)."""
+
+    def journal_taken(self, path: str, fd: int) -> None:
+        """The journal at `path` is now the file open as `fd`, this chief's own."""
+
+    def chief_line(self) -> dict:
+        """The fields of this chief's `chief` line, its generation `g` first."""
+
+    def lose(self, reason: str):
+        """The project is lost (`reason`: one line): tell the chief, raise ProjectLost."""
+
+
+_fences: dict[str, Fence] = {}
+
+
+def fence_project(project_dir: str, fence: Fence | None) -> None:
+    """Make every RunJournal of `project_dir` opened in this process from now on fenced by
+    `fence` (None: no longer). The chief holds one project (chief.ownership registers it)."""
+    key = os.path.abspath(project_dir)
+    if fence is None:
+        _fences.pop(key, None)
+    else:
+        _fences[key] = fence
+
+
+def fence_of(project_dir: str) -> Fence | None:
+    return _fences.get(os.path.abspath(project_dir))
 
 
 def encode(event: dict) -> bytes:
@@ -74,7 +129,8 @@ def _finite(event: dict) -> bool:
 
 
 def read_lines(path: str) -> tuple[list[dict], int]:
-    """(events, length of the whole lines): every complete line decoded, in order.
+    """(events, length of the whole lines): every complete line decoded, in order, except lines
+    a chief that had lost the project wrote late (see `decode`).
 
     A last line without its newline is torn (never acknowledged) and left out; any other line
     that is not a JSON object with an `event` raises JournalCorrupt with the line number."""
@@ -82,33 +138,147 @@ def read_lines(path: str) -> tuple[list[dict], int]:
         return [], 0
     with open(path, "rb") as f:
         data = f.read()
+    decoded = decode(data, path)
+    return decoded.events, decoded.whole
+
+
+class Decoded:
+    """A journal's content read: `events` (the lines that count, decoded, in order), `whole`
+    (bytes up to the end of the last whole line), `ignored` (lines left out: written by a chief
+    of a lower generation after a higher one took over), `generation` (the highest `chief`
+    line's, 0 if none)."""
+
+    def __init__(self, events: list[dict], whole: int, ignored: int, generation: int):
+        self.events, self.whole, self.ignored, self.generation = events, whole, ignored, generation
+
+
+def _generation(event) -> int:
+    g = event.get("g", 0)
+    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+        raise ValueError(f"generation {g!r} is not an integer >= 0")
+    return g
+
+
+def decode(data: bytes, path: str = JOURNAL) -> Decoded:
+    """Decode a journal's bytes. A line whose generation `g` is lower than that of a `chief` line
+    before it was appended by a chief after another had taken the project over: it is left out
+    (counted in `ignored`). JournalCorrupt names a line that cannot be read."""
     whole = data.rfind(b"\n") + 1  # bytes up to the end of the last whole line
-    events = []
+    events, ignored, top = [], 0, 0
     for number, line in enumerate(data[:whole].splitlines(), start=1):
         try:
             event = json.loads(line)
-            Event(event["event"])
-        except (ValueError, TypeError, KeyError) as exc:
+            kind = Event(event["event"])
+            g = _generation(event)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise JournalCorrupt(f"{path} line {number} cannot be read ({type(exc).__name__}); "
                                  "the journal is damaged: restore it from a backup or start a new project") from None
+        if g < top:
+            ignored += 1
+            continue
+        if kind is Event.CHIEF:
+            top = g
         events.append(event)
-    return events, whole
+    return Decoded(events, whole, ignored, top)
+
+
+_CHIEF_LINE = re.compile(rb'^\{"event": ?"chief", ?"g": ?([0-9]{1,18})', re.MULTILINE)
+
+
+def generation_in(path: str) -> int:
+    """The highest generation a `chief` line of the journal at `path` names (0: none, or no
+    journal), found without decoding every line (chief.ownership, before it claims the next)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return 0
+    return max((int(m[1]) for m in _CHIEF_LINE.finditer(data)), default=0)
+
+
+def _take_over(path: str, fence: Fence, fsync: bool) -> tuple[int, Decoded]:
+    """Make the journal this chief's own file: its whole lines copied into a new file, renamed
+    over it. Returns (the new file, open for appending; what it holds, decoded). Nothing is
+    written if the journal cannot be read (JournalCorrupt, OSError naming it) or the project was
+    lost meanwhile (ProjectLost)."""
+    if os.path.lexists(path):  # a journal this chief could not append to is refused, as before
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        with open(path, "rb") as f:
+            data = f.read()
+    else:
+        data = b""
+    decoded = decode(data, path)
+    if decoded.generation >= fence.generation:
+        fence.check()
+        fence.lose(f"{path} was written by a chief of generation {decoded.generation} (this one: {fence.generation})")
+    fence.check()
+    folder, name = os.path.split(path)
+    for stale in os.listdir(folder or "."):  # a copy left by an earlier taker that stopped halfway:
+        # removed, so that such a taker, only paused, can never rename it over the journal
+        found = re.fullmatch(re.escape(name) + r"\.g([0-9]{1,18})\.tmp", stale)
+        if found and int(found[1]) <= fence.generation:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, stale))
+    tmp = f"{path}.g{fence.generation}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        done, view = 0, memoryview(data)[:decoded.whole]
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        os.fsync(fd)  # once per start: the copy is on disk before it replaces the journal
+        fence.check()
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _sync_folder(os.path.dirname(path))
+    fence.journal_taken(path, fd)
+    return fd, decoded
+
+
+def _sync_folder(folder: str) -> None:
+    """The rename survives a power cut too (KTC_FSYNC=1); best effort."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class RunJournal:
     """The journal file, opened for appending. `events` holds what was on disk when opened.
 
+    `fence` (default: the one registered for `project_dir`, see `fence_project`): the chief's hold
+    on the project. With one, the journal is taken over on open (see the module docstring), every
+    line carries the fence's generation, the first commit starts with the `chief` line, and each
+    commit checks the fence first. Without one (tests, tools), none of that.
+
     Not thread-safe: the coordinator's lock guards `record` and `commit`."""
 
     KNOWN_SPACES = 8  # spaces a trial line may refer to without writing its space again
 
-    def __init__(self, project_dir: str, fsync: bool = False):
+    def __init__(self, project_dir: str, fsync: bool = False, fence: Fence | None = None):
         self.path, self.fsync = os.path.join(project_dir, JOURNAL), fsync
-        self.events, self._size = read_lines(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(self._fd).st_size != self._size:
-            os.ftruncate(self._fd, self._size)  # cut a torn last line before appending anything
+        self.fence = fence if fence is not None else fence_of(project_dir)
         self._pending = bytearray()
+        self.ignored, self.generation = 0, None
+        if self.fence is None:
+            self.events, self._size = read_lines(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if os.fstat(self._fd).st_size != self._size:
+                os.ftruncate(self._fd, self._size)  # cut a torn last line before appending anything
+        else:
+            self.generation = self.fence.generation
+            self._fd, decoded = _take_over(self.path, self.fence, fsync)
+            self.events, self._size, self.ignored = decoded.events, decoded.whole, decoded.ignored
+            if decoded.ignored:
+                log.warning("%s: %d lines written late by a chief that had lost the project are not counted",
+                            self.path, decoded.ignored)
+            self._pending += encode({"event": Event.CHIEF.value, **self.fence.chief_line(), "t": time.time()})
         self._spaces: list[tuple[str, list]] = []  # (reference, space) written to this file, newest last
         self._session, self._written = os.urandom(4).hex(), 0  # references unique across chief restarts
 
@@ -118,13 +288,23 @@ class RunJournal:
 
     def record(self, event: Event, **fields) -> None:
         """Buffer one line; `commit` writes it."""
-        self._pending += encode({"event": event.value, **fields, "t": time.time()})
+        line = {"event": event.value, **fields, "t": time.time()}
+        if self.generation is not None:
+            line["g"] = self.generation
+        self._pending += encode(line)
 
     def commit(self) -> None:
         """Append every buffered line, or none: on failure the file is cut back to its last whole
-        line and StorageUnavailable raised, the lines kept for the next commit."""
+        line and StorageUnavailable raised, the lines kept for the next commit. Fenced: ProjectLost
+        (nothing written) once another chief has taken the project over."""
         if not self._pending:
             return
+        if self.fence is not None:
+            try:
+                self.fence.check()
+            except OSError as exc:  # cannot tell whether the project is still ours: write nothing yet
+                raise StorageUnavailable(exc.errno, f"cannot check that {self.path} is still this chief's: "
+                                                    f"{exc.strerror or exc}") from exc
         try:
             if os.fstat(self._fd).st_size != self._size:  # an earlier failure left part of a line
                 os.ftruncate(self._fd, self._size)

@@ -57,6 +57,8 @@ def _apply(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
         _apply_metrics(event, states)
     elif kind is Event.START:
         book.start(event["trial"], event["worker"], stock=event.get("stock", False), now=event["t"])
+    elif kind is Event.CHIEF:
+        pass  # a chief took the project over (chief.ownership); reading the journal fenced it already
     else:
         status = event["status"]
         outcome = Phase.QUEUED if status == RETRY else Phase(status)
@@ -83,7 +85,8 @@ def _apply_metrics(event: dict, states: dict) -> None:
 
 
 def read_project(project_dir: str) -> Replayed:
-    """The journal of a project folder, replayed (empty if there is none)."""
+    """The journal of a project folder, replayed (empty if there is none; lines a chief wrote
+    after it had lost the project are left out, see chief.journal)."""
     path = os.path.join(project_dir, JOURNAL)
     events, _ = read_lines(path)
     return replay(events, path)

@@ -23,7 +23,13 @@ from shared.atomic import write_text_atomic
 @dataclasses.dataclass(frozen=True)
 class SearchRecord:
     """What the chief searches with, as its oracle has it. `max_trials` is None for hyperband
-    (the oracle decides); `direction` is "min" or "max"."""
+    (the oracle decides); `direction` is "min" or "max".
+
+    The fields after `model` were added later (issue #21): a record written before them (d1fbc2d)
+    lacks them, which means "not recorded" (None here; `read_search_fields` tells None recorded
+    from absent), and the next start records them. chief.project checks a start against it: the
+    tuner, the objective and its direction and the seed (where the tuner uses one) cannot change;
+    the trial budget, epochs, leases and retries can, and each change is logged."""
 
     tuner: str
     max_trials: int | None
@@ -32,29 +38,52 @@ class SearchRecord:
     direction: str
     dataset: str
     model: str
+    seed: int | None = None  # KTC_SEED; None: empty (KerasTuner drew one, kept in oracle.json)
+    lease_seconds: float | None = None
+    heartbeat_seconds: float | None = None
+    max_retries: int | None = None
+
+
+#: the fields every record has had since it was first written; the others may be absent
+FIRST_FIELDS = ("tuner", "max_trials", "epochs", "objective", "direction", "dataset", "model")
 
 
 def record_search(settings, oracle, fsync: bool = True) -> SearchRecord:
-    """Chief, before it serves a search (a resumed one runs with the settings given now): write
-    the record atomically into the project's state dir, which must exist. Returns the record."""
+    """Chief, before it serves a search (a resumed one runs with the settings given now, which
+    chief.project checked against the record): write the record atomically into the project's
+    state dir, which must exist. Returns the record."""
     record = SearchRecord(tuner=settings.tuner,
                           max_trials=settings.max_trials if settings.tuner != "hyperband" else None,
                           epochs=settings.epochs, objective=oracle.objective.name,
                           direction=oracle.objective.direction, dataset=settings.dataset,
-                          model=settings.model)
+                          model=settings.model, seed=settings.seed, lease_seconds=settings.lease_seconds,
+                          heartbeat_seconds=settings.heartbeat_seconds, max_retries=settings.max_retries)
     write_text_atomic(os.path.join(settings.project_state_dir, layout.SEARCH_RECORD),
                       json.dumps(dataclasses.asdict(record), indent=1) + "\n", fsync=fsync)
     return record
 
 
-def read_search(project_dir: str) -> SearchRecord | None:
-    """The project's SearchRecord; None for a project from before it was written."""
+def read_search_fields(project_dir: str) -> dict | None:
+    """The record's fields as written (a field absent: not recorded); None for a project from
+    before records. Raises OSError, ValueError (not JSON), TypeError (not a JSON object)."""
     try:
         with open(os.path.join(project_dir, layout.SEARCH_RECORD)) as f:
             fields = json.load(f)
     except FileNotFoundError:
         return None
-    return SearchRecord(**{f.name: fields[f.name] for f in dataclasses.fields(SearchRecord)})
+    if not isinstance(fields, dict):
+        raise TypeError(f"{layout.SEARCH_RECORD} holds a {type(fields).__name__}, not an object")
+    return fields
+
+
+def read_search(project_dir: str) -> SearchRecord | None:
+    """The project's SearchRecord; None for a project from before it was written. KeyError for a
+    record without one of FIRST_FIELDS."""
+    fields = read_search_fields(project_dir)
+    if fields is None:
+        return None
+    return SearchRecord(**{f.name: fields[f.name] if f.name in FIRST_FIELDS else fields.get(f.name)
+                           for f in dataclasses.fields(SearchRecord)})
 
 
 def _recorded_direction(states, objective: str) -> str | None:

@@ -32,6 +32,11 @@ SEARCH_RECORD = "ktcluster-search.json"  # the chief's settings of the search (c
 CHECKPOINT = "checkpoint.weights.h5"  # KerasTuner's name for Keras 3 weights
 BUILD_CONFIG = "build_config.json"  # KerasTuner's name for a model's build config
 _ATTEMPT = re.compile(r"^attempt([1-9][0-9]*)$")
+#: Generation g's claim on the project (chief.ownership): `ktcluster-chief.<g>.json`, created with
+#: O_CREAT|O_EXCL by the one chief that takes generation g, then rewritten (temporary file and
+#: rename) by that chief alone: a beat counter while it holds the project, `released` when it stops.
+CHIEF_CLAIM_PREFIX, CHIEF_CLAIM_SUFFIX = "ktcluster-chief.", ".json"
+_CLAIM = re.compile(r"^ktcluster-chief\.([1-9][0-9]{0,17})\.json$")
 
 
 def finished_marker(project_state_dir: str) -> str:
@@ -96,6 +101,22 @@ def find_build_config(project_state_dir: str, trial_id: str, attempt: int | None
     candidates = [build_config_path(project_state_dir, trial_id, attempt)] if attempt else []
     candidates.append(os.path.join(trial_dir(project_state_dir, trial_id), BUILD_CONFIG))
     return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def chief_claim_path(project_state_dir: str, generation: int) -> str:
+    """`<project state>/ktcluster-chief.<generation>.json` (generation >= 1)."""
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        raise ValueError(f"generation must be an integer >= 1, not {generation!r}")
+    return os.path.join(project_state_dir, f"{CHIEF_CLAIM_PREFIX}{generation}{CHIEF_CLAIM_SUFFIX}")
+
+
+def chief_claims(project_state_dir: str) -> list[int]:
+    """Generations that have a claim file in the project's folder, ascending ([] if none)."""
+    try:
+        names = os.listdir(project_state_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(m[1]) for m in map(_CLAIM.match, names) if m)
 
 
 # -- a chief that could not start -----------------------------------------------------------------

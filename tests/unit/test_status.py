@@ -33,7 +33,8 @@ def _search(tmp_path, objective, scores, max_trials):
 
 def _settings(tmp_path, **search):
     """What `status` sees: the environment of the shell it runs in (defaults where unset)."""
-    defaults = dict(tuner="random", max_trials=10, epochs=2, dataset="digits", model="",
+    defaults = dict(tuner="random", max_trials=10, epochs=2, dataset="digits", model="", seed=None,
+                    lease_seconds=60.0, heartbeat_seconds=5.0, max_retries=1,
                     objective=types.SimpleNamespace(name="val_accuracy", direction=None))
     return types.SimpleNamespace(project_state_dir=str(tmp_path / "proj"), **{**defaults, **search})
 

@@ -1,0 +1,404 @@
+"""One chief per project, across hosts: a lease on the project's state folder, with a generation
+that only grows, fenced into the journal (chief.journal).
+
+What it relies on is what a shared network filesystem (NFS) gives, where `flock` may not work:
+- O_CREAT|O_EXCL: generation g's claim, `ktcluster-chief.<g>.json` (shared.layout), is created by
+  exactly one process, so no two chiefs ever hold the same generation;
+- atomic rename: the holder rewrites its own claim (a temporary file, then a rename) every
+  KTC_HEARTBEAT_SECONDS, counting `beat` up; a chief that stops writes `released` into it; a
+  chief that takes the project over replaces the journal by a copy (chief.journal);
+- a file's content: another chief judges the holder by watching its claim's content change, on
+  its own monotonic clock. Clocks of different hosts are never compared (`since` is shown only).
+
+Taking the project (`acquire`): n = the highest generation known (the journal's `chief` lines, the
+claim files). The holder of generation n is
+- gone at once when there is no claim, when it says `released`, or when it was a process of this
+  machine and pid namespace that no longer runs (same boot, its pid gone or reused);
+- else watched (`SilenceWatch`): a claim that changes within its lease is a live chief: `Held`
+  (the chief exits 2 naming it); one unchanged for a whole lease (the holder's KTC_LEASE_SECONDS,
+  recorded in its claim) is gone.
+Then generation n+1 is claimed with O_EXCL; a chief that loses that race judges the winner the
+same way.
+
+Holding it (`Ownership`): a thread renews the claim every heartbeat and checks that the project
+is still this chief's; every journal commit checks it too. It is lost once a claim of the next
+generation exists (another chief judged this one gone) or once the journal is no longer the file
+this chief took over. Then `on_lost` (the chief: one line, exit 1; chief.project) and
+ProjectLost: nothing more is written. A write that passed its check just before a pause lands in
+the file the new chief replaced, which nobody reads, and any line of a lower generation found
+after a higher one's `chief` line is left out when the journal is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+
+from chief.journal import JOURNAL, ProjectLost, fence_of, fence_project, generation_in
+from shared import layout
+from shared.atomic import write_text_atomic
+
+log = logging.getLogger("ktcluster.chief")
+
+MAX_CLAIM_BYTES = 4096  # a claim is a few hundred bytes; more is not a claim
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+# -- who a chief is ---------------------------------------------------------------------------
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read(200).strip()
+    except OSError:
+        return ""
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` of this pid namespace started (clock ticks after boot, /proc/<pid>/stat);
+    None if there is no such process running (a zombie has ended), or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return None if fields[0] in (b"Z", b"X", b"x") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    """A chief process: `host` and `pid` for people; `boot`, `pidns` and `started` tell, on the same
+    machine and pid namespace only, whether a holder still runs."""
+
+    host: str
+    pid: int
+    boot: str = ""
+    pidns: str = ""
+    started: int | None = None
+
+    @classmethod
+    def here(cls) -> "Process":
+        pid = os.getpid()
+        try:
+            pidns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pidns = ""
+        return cls(socket.gethostname(), pid, _read_text("/proc/sys/kernel/random/boot_id"), pidns, start_ticks(pid))
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Is process `pid` of this pid namespace, started at `started` (None: whenever), running?"""
+    ticks = start_ticks(pid)
+    return ticks is not None and (started is None or ticks == started)
+
+
+# -- the claim --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The content of `ktcluster-chief.<generation>.json`. `since`: the holder's wall clock when it
+    took the project (shown, never compared); `beat` counts its renewals."""
+
+    generation: int
+    host: str
+    pid: int
+    since: float
+    lease_seconds: float
+    heartbeat_seconds: float
+    beat: int = 0
+    released: bool = False
+    boot: str = ""
+    pidns: str = ""
+    started: int | None = None
+
+    @classmethod
+    def of(cls, generation: int, me: Process, lease_seconds: float, heartbeat_seconds: float) -> "Claim":
+        return cls(generation, me.host, me.pid, time.time(), lease_seconds, heartbeat_seconds,
+                   boot=me.boot, pidns=me.pidns, started=me.started)
+
+    def text(self) -> str:
+        return json.dumps(dataclasses.asdict(self)) + "\n"
+
+    @classmethod
+    def parse(cls, content: bytes | str | None) -> "Claim | None":
+        """A claim from a file another process wrote: None unless every field is as it should be."""
+        if content is None or len(content) > MAX_CLAIM_BYTES:
+            return None
+        try:
+            fields = json.loads(content)
+        except ValueError:
+            return None
+        if not isinstance(fields, dict):
+            return None
+
+        def integer(name, low=0):
+            value = fields.get(name)
+            return value if type(value) is int and value >= low else None
+
+        def seconds(name):
+            value = fields.get(name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return float(value) if ok and 0 < value <= MAX_SECONDS else None
+
+        generation, pid, beat = integer("generation", 1), integer("pid", 1), integer("beat")
+        lease, heartbeat, since = seconds("lease_seconds"), seconds("heartbeat_seconds"), fields.get("since")
+        started = fields.get("started")
+        texts = [fields.get(name, "") for name in ("host", "boot", "pidns")]
+        if (None in (generation, pid, beat, lease, heartbeat) or not all(isinstance(t, str) for t in texts)
+                or not isinstance(since, (int, float)) or isinstance(since, bool) or not math.isfinite(since)
+                or not isinstance(fields.get("released", False), bool)
+                or not (started is None or (type(started) is int and started >= 0))):
+            return None
+        host = " ".join("".join(c if c.isprintable() else " " for c in texts[0]).split())[:100] or "?"
+        return cls(generation, host, pid, float(since), lease, heartbeat, beat, fields.get("released", False),
+                   texts[1], texts[2], started)
+
+    def who(self) -> str:
+        """`the chief on host h (pid 12) since 2026-12-06 04:30:01 UTC, generation 3`"""
+        since = datetime.datetime.fromtimestamp(self.since, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"the chief on host {self.host} (pid {self.pid}) since {since}, generation {self.generation}"
+
+    def here_and_gone(self, me: Process, alive=process_alive) -> bool:
+        """True when this claim's holder was a process of `me`'s machine and pid namespace that no
+        longer runs (a pid now `me`'s, or gone, or reused by a later process)."""
+        if not (self.boot and self.pidns and (self.boot, self.pidns, self.host) == (me.boot, me.pidns, me.host)):
+            return False
+        return self.pid == me.pid or not alive(self.pid, self.started)
+
+
+# -- judging a holder: pure logic, this process's clock only ------------------------------------
+
+class Verdict(enum.Enum):
+    LIVE = "live"  # its claim changed while watched: a chief holds the project
+    GONE = "gone"  # released, removed, or unchanged for a whole lease
+    WAIT = "wait"  # not known yet
+
+
+class SilenceWatch:
+    """A holder judged by its claim's content (`first`: as first read; None: no claim), on this
+    process's monotonic clock: a change is a live holder (unless the claim now says released, or
+    is gone), no change for `lease_seconds` from the first look is a holder that is gone."""
+
+    def __init__(self, first: bytes | None, lease_seconds: float, now: float):
+        self.first, self.lease_seconds, self.since = first, lease_seconds, now
+
+    def see(self, content: bytes | None, now: float) -> Verdict:
+        if content != self.first:
+            if content is None:
+                return Verdict.GONE
+            claim = Claim.parse(content)
+            return Verdict.GONE if claim is not None and claim.released else Verdict.LIVE
+        return Verdict.GONE if now - self.since >= self.lease_seconds else Verdict.WAIT
+
+
+class Held(Exception):
+    """Another chief holds the project. `claim`: its claim (None if it could not be read)."""
+
+    def __init__(self, claim: Claim | None, generation: int, lease_seconds: float):
+        self.claim, self.generation, self.lease_seconds = claim, generation, lease_seconds
+        who = claim.who() if claim is not None else f"another chief (generation {generation}, starting)"
+        super().__init__(
+            f"held by {who}; only one chief may serve a project: stop that chief first (one that stops hands "
+            f"the project over at once), or, if it is cut off for good, start this one again: it takes the "
+            f"project over once that chief has been silent for its lease ({lease_seconds:g}s, KTC_LEASE_SECONDS)")
+
+
+# -- the files --------------------------------------------------------------------------------
+
+def _read(path: str) -> bytes | None:
+    """A claim file's content; None if there is none. Other OSErrors are raised."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_CLAIM_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def known_generation(project_dir: str) -> int:
+    """The highest generation the project knows: its journal's `chief` lines and its claims."""
+    return max([generation_in(os.path.join(project_dir, JOURNAL)), *layout.chief_claims(project_dir)], default=0)
+
+
+def acquire(project_dir: str, lease_seconds: float, heartbeat_seconds: float, *, me: Process | None = None,
+            clock=time.monotonic, sleep=time.sleep, alive=process_alive, on_wait=None) -> "Ownership":
+    """Take the project in `project_dir` (created if needed), waiting up to a lease for a silent
+    holder (the module docstring says how it is judged); raise Held if a live chief holds it.
+    `on_wait(claim, generation, lease)` is called once before a holder is watched. The returned
+    Ownership is not yet renewed nor fencing the journal: call its `start`. Raises OSError when
+    the folder cannot be used."""
+    me = me or Process.here()
+    mine = fence_of(project_dir)
+    if isinstance(mine, Ownership) and mine.lost is None:  # this very process holds it (a claim with
+        raise Held(mine.claim, mine.generation, mine.claim.lease_seconds)  # our pid is otherwise an earlier one's)
+    os.makedirs(project_dir, exist_ok=True)
+    generation = known_generation(project_dir)
+    while True:
+        if generation:
+            _judge(project_dir, generation, lease_seconds, heartbeat_seconds, me, clock, sleep, alive, on_wait)
+        claim = Claim.of(generation + 1, me, lease_seconds, heartbeat_seconds)
+        path = layout.chief_claim_path(project_dir, claim.generation)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another chief claimed it first: judge that one
+            generation += 1
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(claim.text())
+        for old in layout.chief_claims(project_dir):  # the previous holder's claim stays, for people
+            if old < generation:
+                with contextlib.suppress(OSError):
+                    os.unlink(layout.chief_claim_path(project_dir, old))
+        return Ownership(project_dir, claim)
+
+
+def _judge(project_dir, generation, lease_seconds, heartbeat_seconds, me, clock, sleep, alive, on_wait) -> None:
+    """Return once the holder of `generation` is gone; raise Held while it lives."""
+    path = layout.chief_claim_path(project_dir, generation)
+    content = _read(path)
+    if content is None:
+        return
+    claim = Claim.parse(content)
+    if claim is not None and (claim.released or claim.here_and_gone(me, alive)):
+        return
+    lease = claim.lease_seconds if claim is not None else lease_seconds
+    beat = claim.heartbeat_seconds if claim is not None else heartbeat_seconds
+    watch = SilenceWatch(content, lease, clock())
+    if on_wait is not None:
+        on_wait(claim, generation, lease)
+    while True:
+        sleep(min(0.5, max(0.02, beat / 4)))
+        now = _read(path)
+        verdict = watch.see(now, clock())
+        if verdict is Verdict.LIVE:
+            raise Held(Claim.parse(now) or claim, generation, lease)
+        if verdict is Verdict.GONE:
+            return
+
+
+class Ownership:
+    """This chief's hold on its project (generation `generation`), and the journal's fence
+    (chief.journal.Fence). Thread-safe."""
+
+    def __init__(self, project_dir: str, claim: Claim):
+        self.project_dir, self.claim, self.generation = project_dir, claim, claim.generation
+        self._lock = threading.Lock()
+        self._journal: tuple[str, int, int] | None = None  # path, st_dev, st_ino of the journal taken over
+        self._lost: str | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_lost = lambda reason: None
+
+    @property
+    def path(self) -> str:
+        return layout.chief_claim_path(self.project_dir, self.generation)
+
+    @property
+    def lost(self) -> str | None:
+        """Why the project was lost; None while it is held."""
+        return self._lost
+
+    def start(self, on_lost) -> None:
+        """Renew the claim every heartbeat from now on, and fence every journal of the project
+        this process opens. `on_lost(reason)` is called once, from whichever thread finds the
+        project lost (the chief exits there)."""
+        self._on_lost = on_lost
+        fence_project(self.project_dir, self)
+        self._thread = threading.Thread(target=self._renew_loop, name="project-lease", daemon=True)
+        self._thread.start()
+
+    # -- chief.journal.Fence --------------------------------------------------------------------
+    def chief_line(self) -> dict:
+        return {"g": self.generation, "host": self.claim.host, "pid": self.claim.pid}
+
+    def journal_taken(self, path: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self._journal = (path, st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        """Raise ProjectLost (after `on_lost`) if another chief took the project over; OSError if
+        that cannot be told now."""
+        reason = self._lost or self.lost_reason()
+        if reason:
+            self.lose(reason)
+
+    def lost_reason(self) -> str | None:
+        """Why the project is no longer this chief's (a claim of the next generation, or a journal
+        that is not the file this chief took over), else None. Reads files: OSError."""
+        newer = _read(layout.chief_claim_path(self.project_dir, self.generation + 1))
+        if newer is not None:
+            claim = Claim.parse(newer)
+            return f"{claim.who() if claim else f'another chief (generation {self.generation + 1})'} took it over"
+        if self._journal is not None:
+            path, dev, ino = self._journal
+            try:
+                fd = os.open(path, os.O_RDONLY)  # opened anew: a network filesystem looks again
+            except FileNotFoundError:
+                return f"{path} was removed"
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                return f"{path} was replaced by another chief's"
+        return None
+
+    def lose(self, reason: str):
+        with self._lock:
+            first, self._lost = self._lost is None, self._lost or reason
+        if first:
+            self._stopping.set()
+            self._on_lost(reason)
+        raise ProjectLost(reason)
+
+    # -- holding ----------------------------------------------------------------------------------
+    def renew(self) -> None:
+        """Check the project is still ours (ProjectLost if not), then count one beat in the claim."""
+        self.check()
+        with self._lock:
+            self.claim = dataclasses.replace(self.claim, beat=self.claim.beat + 1)
+            text = self.claim.text()
+        write_text_atomic(self.path, text, fsync=False)
+
+    def _renew_loop(self) -> None:
+        complained = -math.inf
+        while not self._stopping.wait(self.claim.heartbeat_seconds):
+            try:
+                self.renew()
+            except ProjectLost:
+                return
+            except OSError as exc:
+                if time.monotonic() - complained >= 30:
+                    complained = time.monotonic()
+                    log.warning("cannot renew this chief's claim on the project (%s: %s); another chief may take the "
+                                "project over after %gs of this", self.path, exc.strerror or exc,
+                                self.claim.lease_seconds)
+
+    def release(self) -> None:
+        """Stop renewing; unless the project was lost, mark the claim released, so the next chief
+        takes the project over at once. Best effort (a chief that cannot write just goes: the next
+        one waits out the lease)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        fence_project(self.project_dir, None)
+        if self._lost is not None:
+            return
+        try:
+            if self.lost_reason() is None:
+                with self._lock:
+                    self.claim = dataclasses.replace(self.claim, beat=self.claim.beat + 1, released=True)
+                    text = self.claim.text()
+                write_text_atomic(self.path, text, fsync=True)
+        except OSError as exc:
+            log.warning("could not mark the project released (%s): the next chief waits %gs for this one",
+                        exc.strerror or exc, self.claim.lease_seconds)

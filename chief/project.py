@@ -1,0 +1,153 @@
+"""Opening a project at the chief's start: one chief holds it (chief.ownership), and it runs with
+the settings it was started with where those cannot change.
+
+`take(settings)` (chief.__main__.run, once the port is bound, before any slow work):
+- takes the project, or raises Refused (exit 2, one line naming the chief that holds it; no
+  failure record: that chief is the one the workers need);
+- from then on a thread renews the chief's claim, and a chief that finds the project lost (another
+  chief took it over while this one was paused or cut off past its lease) prints one line and
+  exits 1 at once, from whichever thread found it: nothing more is written;
+- checks the settings against the project's record (chief.status.SearchRecord, written at the
+  first start): a setting the project cannot change refuses the start, one line each, exit 2;
+  a setting that may change is applied and logged once (`KTC_MAX_TRIALS 10 -> 12 (applied)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from chief import ownership, status
+from shared.config import ConfigError
+
+log = logging.getLogger("ktcluster.chief")
+
+
+class Refused(Exception):
+    """The chief must not start: `lines` (one per reason), exit `code`; `record`: leave the failed
+    start's record for the workers (shared.layout.CHIEF_FAILED)."""
+
+    def __init__(self, code: int, lines: list[str], record: bool):
+        super().__init__("; ".join(lines))
+        self.code, self.lines, self.record = code, lines, record
+
+
+def take(settings) -> ownership.Ownership:
+    """Hold the project for this chief (see the module docstring). The caller releases it."""
+    project = f"KTC_PROJECT={settings.project}"
+    try:
+        held = ownership.acquire(settings.project_state_dir, settings.lease_seconds, settings.heartbeat_seconds,
+                                 on_wait=_say_waiting(project))
+    except ownership.Held as exc:
+        raise Refused(2, [f"{project}: {exc}"], record=False) from None
+    except OSError as exc:
+        raise Refused(1, [f"{project}: cannot take the project in {settings.project_state_dir} ({exc}); the chief "
+                          "must be able to create files there: fix KTC_STATE_DIR"], record=True) from None
+    held.start(on_lost=_exit_lost(settings))
+    log.info("%s: this chief holds the project (generation %d, claim renewed every %gs)", project, held.generation,
+             settings.heartbeat_seconds)
+    try:
+        refused, applied = check_settings(settings, _recorded(settings), lambda: _direction(settings))
+    except BaseException:
+        held.release()
+        raise
+    if refused:
+        held.release()
+        raise Refused(2, refused, record=True)
+    for line in applied:
+        log.info("%s", line)
+    return held
+
+
+def _say_waiting(project: str):
+    def say(claim, generation, lease):
+        who = claim.who() if claim is not None else f"another chief (generation {generation})"
+        log.warning("%s is held by %s: waiting up to %gs to see whether it still renews its claim; this chief "
+                    "takes the project over only if it does not", project, who, lease)
+
+    return say
+
+
+def _exit_lost(settings):
+    def on_lost(reason: str) -> None:
+        message = (f"KTC_PROJECT={settings.project}: another chief took the project over ({reason}) while this one "
+                   f"was silent past its lease (paused, or cut off from {settings.state_dir}?): this chief writes "
+                   "nothing more and exits; the other one goes on with the search")
+        try:
+            sys.stdout.flush()
+            print(f"ktcluster chief: {message}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(1)
+
+    return on_lost
+
+
+def _recorded(settings) -> dict:
+    try:
+        return status.read_search_fields(settings.project_state_dir) or {}
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("KTC_PROJECT=%s: %s cannot be read (%s): the settings are not checked against it; it is "
+                    "written again", settings.project, status.layout.SEARCH_RECORD, type(exc).__name__)
+        return {}
+
+
+def _direction(settings) -> str | None:
+    """The direction the chief's oracle will optimise KTC_OBJECTIVE in (KerasTuner infers it from
+    the name when none is given); None when KerasTuner cannot tell (the start fails on that)."""
+    if settings.objective.direction:
+        return settings.objective.direction
+    from shared import tuning
+
+    try:
+        return tuning.make_oracle(settings).objective.direction
+    except ConfigError:
+        return None
+
+
+def _shown(value) -> str:
+    return "(empty)" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_settings(settings, recorded: dict, direction) -> tuple[list[str], list[str]]:
+    """(refusals, changes applied): one line each, comparing `settings` with the project's record
+    (`recorded`: its fields as written; an absent field was not recorded, so nothing is compared).
+    `direction()`: the objective's direction as the chief will optimise it (called only when
+    needed: it may import KerasTuner)."""
+    project, refused, applied = settings.project, [], []
+
+    def refuse(name: str, old, new, why: str) -> None:
+        refused.append(f"{name}={_shown(new)}: project {project} was started with {name}={_shown(old)} and "
+                       f"{why}; set {name}={_shown(old)} again, or start a new search under another KTC_PROJECT")
+
+    tuner = recorded.get("tuner", settings.tuner)
+    if "tuner" in recorded and recorded["tuner"] != settings.tuner:
+        refuse("KTC_TUNER", recorded["tuner"], settings.tuner,
+               "cannot change it: its trials and oracle state (oracle.json) are that tuner's")
+    name = settings.objective.name
+    if "objective" in recorded and recorded["objective"] != name:
+        refuse("KTC_OBJECTIVE", recorded["objective"], name,
+               f"cannot change it: its trials are scored and ranked by {recorded['objective']}")
+    elif recorded.get("direction") in ("min", "max"):
+        now = direction()
+        if now is not None and now != recorded["direction"]:
+            refuse("KTC_OBJECTIVE", f"{name}:{recorded['direction']}", f"{name}:{now}",
+                   f"cannot change the direction: its trials are ranked by {name} ({recorded['direction']})")
+    if "seed" in recorded and recorded["seed"] != settings.seed and tuner != "grid":
+        refuse("KTC_SEED", recorded["seed"], settings.seed,
+               f"cannot change it: the {tuner} search goes on with the seed kept in oracle.json")
+    if tuner == "hyperband" and "epochs" in recorded and recorded["epochs"] != settings.epochs:
+        refuse("KTC_EPOCHS", recorded["epochs"], settings.epochs,
+               "cannot change it: hyperband's brackets were made for that many epochs (kept in oracle.json)")
+
+    changeable = []
+    if settings.tuner != "hyperband":  # hyperband's budget is its own, and its epochs are fixed (above)
+        changeable += [("KTC_MAX_TRIALS", "max_trials", settings.max_trials), ("KTC_EPOCHS", "epochs", settings.epochs)]
+    changeable += [("KTC_LEASE_SECONDS", "lease_seconds", settings.lease_seconds),
+                   ("KTC_HEARTBEAT_SECONDS", "heartbeat_seconds", settings.heartbeat_seconds),
+                   ("KTC_MAX_RETRIES", "max_retries", settings.max_retries)]
+    for setting, field, now in changeable:
+        old = recorded.get(field)
+        if old is not None and not isinstance(old, bool) and isinstance(old, (int, float)) and old != now:
+            applied.append(f"{setting} {_shown(old)} -> {_shown(now)} (applied)")
+    return refused, applied
