@@ -41,7 +41,8 @@ def main() -> int:
     from shared import data, devices, hypermodels
     from shared.data import DataError
     from shared.loader import ImportFromStringError
-    from worker.client import ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished, TLSMismatch
+    from worker.client import (ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished, SettingsMismatch,
+                               TLSMismatch)
 
     devices.configure_tensorflow(settings.tf_threads)
     try:
@@ -73,6 +74,8 @@ def main() -> int:
         return 0
     except DuplicateWorkerId as exc:
         return _fail(2, f"KERASTUNER_TUNER_ID={tuner_id}: {exc}")
+    except SettingsMismatch as exc:
+        return _fail(2, f"{tuner_id}: {exc}")
     except ChiefFailed as exc:
         if _search_finished(settings):  # a finished project's report failed: the search is over all the same
             log.info("%s: project %s is finished; exiting", tuner_id, settings.project)

@@ -2,11 +2,13 @@
 
 Stock `OracleClient` waits up to an hour on every call, asks again at once
 when told IDLE and never says who it is. This client:
-- rides out a chief outage: every call retries with backoff until
-  KTC_CHIEF_TIMEOUT_SECONDS have passed, then raises ChiefUnreachable;
-- registers its worker id with a per-process instance id (a live duplicate is
-  refused with DuplicateWorkerId) and sends heartbeats from a thread, so a
-  long epoch never looks like a dead worker;
+- rides out a chief outage: every call retries with capped back-off and jitter until
+  KTC_CHIEF_TIMEOUT_SECONDS have passed, then raises ChiefUnreachable (worker.channel);
+- registers its worker id with a per-process instance id, a random secret token: only this
+  process may go on with the attempts it starts, also after a chief restart (a live duplicate
+  is refused with DuplicateWorkerId); it sends its settings fingerprint (shared.fingerprint), and
+  a chief whose settings differ refuses it (SettingsMismatch, naming each difference); it sends
+  heartbeats from a thread, so a long epoch never looks like a dead worker;
 - sends its id and a failed trial's message as metadata, learns each trial's
   attempt number from the chief and sends it back on UpdateTrial and EndTrial;
 - learns from heartbeat replies (`attempts`, `finished`) or a FAILED_PRECONDITION
@@ -15,10 +17,10 @@ when told IDLE and never says who it is. This client:
 - ends the search without waiting on a chief it no longer needs: after a heartbeat
   said `finished`, or when the chief is unreachable and the finished marker exists
   (SearchFinished, at once);
-- stops waiting for a chief that will not come: one that recorded a failed start
-  (shared.layout.ChiefFailureWatch; ChiefFailed with its code and reason), or one that speaks the
-  other protocol (TLS on one side only: a single `shared.tls.speaks_tls` probe once the chief's
-  port answers; TLSMismatch), each within a retry or two instead of KTC_CHIEF_TIMEOUT_SECONDS.
+- stops waiting for a chief that will not come (worker.channel: ChiefFailed, TLSMismatch), each
+  within a retry or two instead of KTC_CHIEF_TIMEOUT_SECONDS;
+- turns a progress report the chief refuses as malformed (INVALID_ARGUMENT: a NaN or infinite
+  metric) into ReportRefused, whose one line is the chief's reason: the failed trial says why.
 
 Private KerasTuner names used here: `OracleClient._oracle` (the local oracle the stock
 client wraps; we set it the same way so inherited code finds it).
@@ -30,18 +32,22 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
-import uuid
 
 import grpc
-from keras_tuner import errors as kt_errors
 from keras_tuner.engine import hyperparameters as hp_module
 from keras_tuner.engine import trial as trial_module
 from keras_tuner.src.distribute import oracle_client  # the stock client: no public import path
 
-from shared import layout, rpc, tls
+from shared import layout, rpc
+from worker.channel import (ChannelMixin, ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished,
+                            SettingsMismatch, TLSMismatch, new_retry_lines)
+
+__all__ = ["OracleClient", "Attempt", "AttemptLost", "ReportRefused", "ChiefFailed", "ChiefUnreachable",
+           "DuplicateWorkerId", "SearchFinished", "SettingsMismatch", "TLSMismatch"]
 
 log = logging.getLogger("ktcluster.worker")
 service = rpc.ORACLE_MESSAGES
@@ -49,45 +55,11 @@ service = rpc.ORACLE_MESSAGES
 # search (the last trials run elsewhere) and the chief waits for every worker to hear STOPPED,
 # so the first pauses are short (longer ones delayed the end of every search).
 IDLE_BACKOFF = (0.1, 5.0)
-RETRY_BACKOFF = (0.5, 5.0)  # first and largest pause between calls that found no chief
-# gRPC's own reconnection while the chief is not up (workers usually start first, and a chief may
-# restart): its defaults (first retry after 1 s, growing to 120 s) leave a worker idle for up to
-# a second after a quick chief comes up, and for minutes after a slow one (a first MNIST download).
-# A refused connection costs next to nothing, so retry from 0.1 s, growing to 2 s.
-RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
-# A chief that Swarm or Kubernetes reschedules comes back under the same name at a new address,
-# and its name does not resolve in between. After failed lookups gRPC backs off (up to 2 minutes)
-# and ignores requests to look again: a channel that saw the name fail for 30 s found the chief
-# 13 s after it was back, past the lease the restarted chief keeps a trial for; and a channel
-# still connecting to the old address waits for that attempt to time out. So a chief that did not
-# answer is dialled anew (a fresh lookup and connection), at most this often, seconds:
-REDIAL_SECONDS = 2.0
 
 
-class ChiefUnreachable(kt_errors.FatalError):
-    """Fatal: KerasTuner must not turn it into a failed trial; the worker exits."""
-
-
-class TLSMismatch(kt_errors.FatalError):
-    """Fatal: the chief answered, but the TLS handshake failed on certificates or protocol
-    (another CA, TLS on one side only): a set-up error that waiting cannot fix."""
-
-
-class DuplicateWorkerId(kt_errors.FatalError):
-    pass
-
-
-class ChiefFailed(kt_errors.FatalError):
-    """Fatal: the chief recorded that it could not start (shared.layout.ChiefFailure): `code` is
-    its exit code, the message quotes its reason."""
-
-    def __init__(self, failure: layout.ChiefFailure):
-        super().__init__(f"the chief could not start (it exited {failure.code}): {failure.reason}")
-        self.code = failure.code
-
-
-class SearchFinished(kt_errors.FatalError):
-    """Fatal (ends `search`): the chief is gone and its finished marker says the search is over."""
+class ReportRefused(RuntimeError):
+    """The chief refused a progress report as malformed (INVALID_ARGUMENT, e.g. a NaN or infinite
+    metric); the message is its one-line reason. A plain error: KerasTuner fails the attempt with it."""
 
 
 class AttemptLost(RuntimeError):
@@ -109,7 +81,7 @@ def _stopped() -> trial_module.Trial:
     return trial_module.Trial(hyperparameters=None, status=trial_module.TrialStatus.STOPPED)
 
 
-class OracleClient(oracle_client.OracleClient):
+class OracleClient(ChannelMixin, oracle_client.OracleClient):
     """Drop-in for keras_tuner's OracleClient (a subclass, so Tuner code that checks for it works)."""
 
     def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str,
@@ -121,7 +93,9 @@ class OracleClient(oracle_client.OracleClient):
         self.project_state_dir = project_state_dir
         self._chief_failure = layout.chief_failure_watch(project_state_dir)
         self._protocol_known = False  # a speaks_tls probe reached the chief (probed until one does)
-        self.instance = uuid.uuid4().hex
+        self._retry_lines = new_retry_lines()
+        self.instance = secrets.token_hex(16)  # this process's secret token: never logged
+        self.fingerprint: dict | None = None  # sent with every Register (shared.fingerprint)
         self.multi_worker, self.should_report = False, True
         self.heartbeat_seconds = 1.0  # the chief's value replaces it at register()
         self._attempts: dict[str, Attempt] = {}  # trial id -> our running attempt (under _lock)
@@ -167,89 +141,16 @@ class OracleClient(oracle_client.OracleClient):
     def max_trials(self):
         return self._oracle.max_trials
 
-    def _dial(self) -> None:
-        """A new channel to the chief (a fresh name lookup) and its stubs. The channel it
-        replaces is not closed: that would cancel calls in flight on it; it closes once unused."""
-        channel = tls.channel(self.address, self._tls_dir, options=RECONNECT)
-        self._channel, self._dialled = channel, time.monotonic()
-        self.stub, self.cluster = rpc.ORACLE_GRPC.OracleStub(channel), rpc.ClusterStub(channel)
-
-    def _redial(self) -> None:
-        """The chief was unreachable: dial anew, unless that was done under REDIAL_SECONDS ago."""
-        with self._dial_lock:
-            if time.monotonic() - self._dialled >= REDIAL_SECONDS:
-                self._dial()
-
-    def _hint(self, exc: grpc.RpcError) -> str:
-        """A plaintext worker's connections to a chief serving TLS are closed at once."""
-        closed = "socket closed" in (exc.details() or "").lower()
-        return " (or it serves TLS: set KTC_TLS_DIR here too)" if closed and not self._tls_dir else ""
-
-    def _check_setup(self, exc: grpc.RpcError) -> None:
-        """Raise TLSMismatch if a call that found no chief failed because the two sides' TLS
-        set-ups differ: gRPC's details name a failed handshake (another CA; TLS against
-        plaintext), or, as those details vary (a plaintext client's connection to a TLS server
-        ends as "Socket closed" or "Connection reset by peer" depending on timing and network),
-        one probe of the chief's port says it speaks the other protocol."""
-        problem = tls.setup_error(exc.details())
-        if problem:
-            problem = f"the TLS handshake with the chief at {self.address} failed ({problem})"
-        elif exc.code() == grpc.StatusCode.UNAVAILABLE and not self._protocol_known:
-            serves_tls = tls.speaks_tls(self.address, timeout=1.0)
-            self._protocol_known = serves_tls is not None
-            if serves_tls is not None:
-                problem = tls.protocol_mismatch(self.address, self._tls_dir, serves_tls)
-        if problem:
-            raise TLSMismatch(f"{problem}: the chief and every worker need KTC_TLS_DIR, with files of one set "
-                              "(python -m shared.tls make DIR)") from None
-
-    def _method(self, name: str):
-        return getattr(self.cluster, name) if name in rpc.METHODS else getattr(self.stub, name)
-
-    def _call(self, name: str, request, metadata=()):
-        """RPC `name` (of KerasTuner's Oracle service or ours), retried across a chief outage for
-        at most `timeout` seconds in all."""
-        deadline = time.monotonic() + self.timeout
-        pause = RETRY_BACKOFF[0]
-        while True:
-            left = deadline - time.monotonic()
-            try:  # not wait_for_ready: a chief that is down answers UNAVAILABLE at once, so the
-                # finished marker is looked at between tries (the pause below ends on connection)
-                return self._method(name).with_call(request, timeout=max(left, 0.001),
-                                                    metadata=self._metadata + tuple(metadata))
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.ALREADY_EXISTS:
-                    raise DuplicateWorkerId(exc.details()) from None
-                retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not retryable or self._stopping.is_set():
-                    raise
-                self._check_setup(exc)
-                if layout.search_finished(self.project_state_dir):
-                    raise SearchFinished(f"chief at {self.address} unreachable ({code.name}) and the "
-                                         "search is marked finished") from None
-                failure = self._chief_failure.check()
-                if failure is not None:
-                    raise ChiefFailed(failure) from None
-                if deadline - time.monotonic() <= pause:
-                    raise ChiefUnreachable(
-                        f"chief at {self.address} unreachable for {self.timeout:.0f}s "
-                        f"(KTC_CHIEF_TIMEOUT_SECONDS); it is gone or never started{self._hint(exc)}") from None
-                log.warning("%s: chief unreachable (%s), retrying", self.tuner_id, code.name)
-                self._redial()
-                ready = grpc.channel_ready_future(self._channel)
-                try:
-                    ready.result(timeout=pause)
-                except grpc.FutureTimeoutError:
-                    ready.cancel()  # else it keeps watching (and holding) the channel
-                pause = min(pause * 2, RETRY_BACKOFF[1])
-
     # -- ktcluster's service ------------------------------------------------------------
-    def register(self, claim_seconds: float) -> dict:
+    def register(self, claim_seconds: float, fingerprint: dict | None = None) -> dict:
         """Claim this worker id. A restarted worker may find its previous process still counted
-        as present for a few heartbeats: it keeps asking for `claim_seconds`, then gives up."""
+        as present for a few heartbeats: it keeps asking for `claim_seconds`, then gives up.
+        `fingerprint` (shared.fingerprint's wire form): SettingsMismatch if the chief's differs."""
         info = f"{socket.gethostname()} pid {os.getpid()}"
+        self.fingerprint = fingerprint
         request = {"worker": self.tuner_id, "instance": self.instance, "info": info}
+        if fingerprint is not None:
+            request["fingerprint"] = fingerprint
         give_up = time.monotonic() + claim_seconds
         while True:
             try:
@@ -259,6 +160,10 @@ class OracleClient(oracle_client.OracleClient):
                 if time.monotonic() >= give_up:
                     raise
                 self._stopping.wait(1.0)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                raise SettingsMismatch(exc.details()) from None
         self.heartbeat_seconds = reply["heartbeat_seconds"]
         if self._heartbeats is None:
             self._heartbeats = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -288,8 +193,10 @@ class OracleClient(oracle_client.OracleClient):
             try:
                 self._heard(reply, sent)
                 if not reply.get("ok"):  # the chief restarted, or our lease lapsed: claim the id again
-                    self.cluster.Register.with_call({**request, "info": "re-register"},
-                                                    timeout=self.heartbeat_seconds)
+                    again = {**request, "info": "re-register"}
+                    if self.fingerprint is not None:
+                        again["fingerprint"] = self.fingerprint
+                    self.cluster.Register.with_call(again, timeout=self.heartbeat_seconds)
             except grpc.RpcError as exc:
                 log.debug("re-register failed: %s", exc.code())
 
@@ -361,6 +268,8 @@ class OracleClient(oracle_client.OracleClient):
         try:
             response, _ = self._call("UpdateTrial", request, self._attempt_metadata(trial_id))
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ReportRefused(exc.details()) from None
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
             self._lose(trial_id, f"UpdateTrial refused: {exc.details()}")

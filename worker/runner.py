@@ -23,7 +23,7 @@ import keras_tuner as kt
 import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2
 
-from shared import board, hparams, layout, tuning
+from shared import board, fingerprint, hparams, layout, tuning
 from worker.client import AttemptLost, OracleClient
 from worker.guard import AttemptGuard
 
@@ -197,7 +197,8 @@ def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
     cls = HyperbandClusterTuner if settings.tuner == "hyperband" else ClusterTuner
     tuner = cls(settings, tuner_id, device, build_model)
     try:
-        tuner.oracle.register(claim_seconds=3 * settings.heartbeat_seconds + 2)
+        tuner.oracle.register(claim_seconds=3 * settings.heartbeat_seconds + 2,
+                              fingerprint=fingerprint.of(settings, build_model).to_wire())
         # KerasTuner runs two full garbage collections before every build (~0.2 s each with
         # TensorFlow's heap). Everything alive now (TensorFlow, the data) lives for the whole
         # process: freeze it out of the collector's sight, so those collections scan only what

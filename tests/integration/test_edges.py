@@ -186,8 +186,9 @@ def _torn_restarts(source, tmp_path, tear) -> list[str]:
             return [f"restart 1 not serving: {chief.output()[-1500:]}"]
         client = Client(_port(env))
         try:
-            worker = ScriptedWorker(client, "worker-1")  # the killed worker's id, back
-            assert worker.register().ok
+            worker = ScriptedWorker(client, "worker-1")  # the killed worker's id, back in a new process:
+            # refused while the id is kept for the killed process (3 heartbeats), then its own
+            wait_until(lambda: worker.register().ok, 20, 0.5, what="the id of the killed worker")
             worker.run_until_stopped(60)
         except AssertionError as exc:
             problems.append(f"restart 1: {exc}")
