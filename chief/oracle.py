@@ -26,16 +26,20 @@ Tested with keras-tuner TESTED_KERAS_TUNER; `version_warning()` says so when ano
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.metadata
 import io
+import json
 import logging
 import math
 import os
 import threading
+import time
 
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.engine import trial as trial_module
 
+from chief.journal import JOURNAL
 from chief.recovery import InconsistentState
 from chief.trials import InvalidRequest, Phase, TrialBook
 
@@ -45,6 +49,7 @@ MAX_NAME_LENGTH = 128
 RUNNING = trial_module.TrialStatus.RUNNING
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 stock_log = logging.getLogger("ktcluster.keras_tuner")  # what stock prints, as chief log lines
+log = logging.getLogger("ktcluster.chief")
 
 
 class InvalidSpace(ValueError):
@@ -188,26 +193,111 @@ class ClusterOracleMixin:
 
     # -- restart ------------------------------------------------------------------------
     def restore(self, book: TrialBook, states: dict[str, dict]) -> dict[str, str]:
-        """Reload the project from its files, then make the journal's truth win (and mark the
-        files that lag for rewriting); return the trials still running, by worker. Raises
-        InconsistentState for a journal without oracle.json (the chief writes oracle.json before
-        its first trial: starting afresh would hand the journal's trial ids out again).
+        """Rebuild the oracle from the journal (`book`, `states`: the truth) and KerasTuner's files
+        (written behind it: they may lag, be missing or damaged, or be ahead of a journal replaced
+        by an older copy); return the trials still running, by worker. One line is logged per file
+        rewritten or set aside. Raises InconsistentState (one line naming the file and what to do)
+        for a journal without a readable oracle.json (the chief writes oracle.json before its
+        first trial: starting afresh would hand the journal's trial ids out again), and for an
+        oracle.json ahead of the journal in an oracle whose own state names trials (Hyperband, Grid).
 
         Stock `reload` re-queues every trial its (lagging) oracle.json lists as ongoing, finished
         ones included: that is how a stock chief re-ran finished trials. Here a trial whose
         attempt is still running stays with its worker (its lease decides), a trial waiting for a
         retry is queued, a trial that exists without a start (a project or journal from before
         start lines) is queued unless its state is final, and finished trials stay finished."""
-        if not os.path.exists(self.oracle_file()):
-            if book.runs or states:
-                raise InconsistentState(
-                    f"{self.project_dir} has a journal of {len(set(book.runs) | set(states))} trials but no "
-                    "oracle.json; restore oracle.json, or start a new search (another KTC_PROJECT)")
+        known = set(book.runs) | set(states)
+        saved = self._read_oracle_file(known)
+        if saved is None:
             return {}
-        self.reload()
+        if not known and saved["start_order"]:
+            raise InconsistentState(
+                f"{self.oracle_file()} names {len(saved['start_order'])} trials but the journal "
+                f"({os.path.join(self.project_dir, JOURNAL)}) has none: restore the journal, or start "
+                "a new search (another KTC_PROJECT)")
+        self.trials = {}
+        ahead = self._load_trial_files(known, states)
         for trial_id, state in states.items():
             self.trials[trial_id] = trial_module.Trial.from_state(state)
             self.writer.trial_changed(self.trials[trial_id])
+        ahead |= {t for t in map(str, saved["start_order"]) if t not in self.trials}
+        if ahead and not self.writer.behind:
+            raise InconsistentState(
+                f"{self.oracle_file()} names trials {', '.join(sorted(ahead, key=_order))} that the journal "
+                f"({len(known)} trials) does not: it is ahead of the journal (was the journal replaced by an "
+                "older copy?); restore the journal, or start a new search (another KTC_PROJECT)")
+        self.set_state(_within(saved, set(self.trials)))
+        if ahead or _within(saved, set(self.trials)) != saved:
+            log.warning("%s named trials the journal does not (%s): rewritten from the journal",
+                        self.oracle_file(), ", ".join(sorted(ahead, key=_order)) or "none")
+        self.writer.save()
+        return self._rebuild(book)
+
+    def _read_oracle_file(self, known: set[str]) -> dict | None:
+        """oracle.json's content; None for a new project (no oracle.json, no journal)."""
+        path = self.oracle_file()
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict) or not isinstance(saved.get("ongoing_trials"), dict):
+                raise ValueError("not an oracle's state")
+            for key in ("start_order", "end_order", "retry_queue"):
+                if not isinstance(saved.get(key), list):
+                    raise ValueError(f"no {key} list")
+            return saved
+        except FileNotFoundError:
+            if known:
+                raise InconsistentState(
+                    f"{self.project_dir} has a journal of {len(known)} trials but no oracle.json; restore "
+                    "oracle.json, or start a new search (another KTC_PROJECT)") from None
+            return None
+        except (OSError, ValueError) as exc:
+            raise InconsistentState(
+                f"{path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); restore it "
+                "from a backup, or start a new search (another KTC_PROJECT)") from None
+
+    def _load_trial_files(self, known: set[str], states: dict[str, dict]) -> set[str]:
+        """Trials from their trial.json files. The journal's states win (a file that is missing,
+        damaged or differs is rewritten by the writer, logged here); a trial the journal does not
+        know is ahead of it: its folder is set aside (renamed, never deleted) so its id can be
+        handed out again cleanly. Returns the ids set aside."""
+        files = {}
+        for path in glob.glob(os.path.join(self.project_dir, "trial_*", "trial.json")):
+            try:
+                with open(path) as f:
+                    files[path] = json.load(f)
+                trial_id = str(files[path]["trial_id"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                files[path] = exc
+        ahead = set()
+        for trial_id in sorted(known, key=_order):
+            path = self.trial_file(trial_id)
+            content = files.pop(path, None)
+            if trial_id not in states:
+                if isinstance(content, dict):  # a start without a state line (older journals): the file's
+                    self.trials[trial_id] = trial_module.Trial.from_state(content)
+                continue
+            expected = json.loads(json.dumps(trial_module.Trial.from_state(states[trial_id]).get_state()))
+            if content is None:
+                log.warning("%s is missing: rewritten from the journal", path)
+            elif isinstance(content, Exception):
+                log.warning("%s is damaged (%s): rewritten from the journal", path, type(content).__name__)
+            elif content != expected:
+                log.info("%s differs from the journal (written behind it): rewritten from the journal", path)
+        for path, content in files.items():
+            trial_id = str(content.get("trial_id")) if isinstance(content, dict) else None
+            if trial_id in known and path == self.trial_file(trial_id):
+                continue
+            folder = os.path.dirname(path)
+            aside = f"{folder}.ahead-of-journal-{int(time.time())}"
+            os.rename(folder, aside)
+            ahead.add(trial_id or os.path.basename(folder).removeprefix("trial_"))
+            log.warning("%s is not in the journal (ahead of it, or damaged): set aside as %s", path, aside)
+        return ahead
+
+    def _rebuild(self, book: TrialBook) -> dict[str, str]:
+        """The oracle's bookkeeping from the journal's runs: running trials stay with their
+        owners, retries are queued, orders, run counts and tried values rebuilt."""
         self.ongoing_trials, queue, restored = {}, [], {}
         for trial_id, trial in self.trials.items():
             run = book.runs.get(trial_id)
@@ -223,7 +313,7 @@ class ClusterOracleMixin:
         self.start_order += [t for t in sorted(self.trials, key=int) if t not in known]
         ended = set(self.end_order)
         finals = sorted((run.ended_at or 0, t) for t, run in book.runs.items()
-                        if t not in ended and run.phase is not None and run.phase.final)
+                        if t not in ended and t in self.trials and run.phase is not None and run.phase.final)
         self.end_order += [t for _, t in finals]
         for trial_id, run in book.runs.items():
             self._run_times[trial_id] = max(self._run_times[trial_id], run.ended)
@@ -233,6 +323,28 @@ class ClusterOracleMixin:
                 self._id_to_hash[trial_id] = digest
                 self._tried_so_far.add(digest)
         return restored
+
+
+def _order(trial_id: str):
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+
+
+def _within(saved: dict, trials: set[str]) -> dict:
+    """oracle.json's state naming only `trials` (what the journal knows): an oracle.json ahead of
+    a journal replaced by an older copy, or naming a trial whose file is gone, would otherwise
+    make stock's set_state raise KeyError or rank trials the journal never saw."""
+    state = dict(saved)
+    state["ongoing_trials"] = {w: t for w, t in saved["ongoing_trials"].items() if t in trials}
+    for key in ("start_order", "end_order", "retry_queue"):
+        state[key] = [t for t in saved[key] if t in trials]
+    if isinstance(saved.get("run_times"), dict):
+        state["run_times"] = {t: n for t, n in saved["run_times"].items() if t in trials}
+    if isinstance(saved.get("id_to_hash"), dict):
+        state["id_to_hash"] = {t: h for t, h in saved["id_to_hash"].items() if t in trials}
+        if isinstance(saved.get("tried_so_far"), list):
+            kept = set(state["id_to_hash"].values())
+            state["tried_so_far"] = [h for h in saved["tried_so_far"] if h in kept]
+    return state
 
 
 def _check_shape(name: str, config: dict) -> None:
