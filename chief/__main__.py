@@ -391,8 +391,16 @@ def _on_sigterm(signum, frame):
 
 
 def _reap(coordinator, interval: float) -> None:
-    """Expire silent workers' leases until the search is over (no busy polling: event waits)."""
+    """Expire silent workers' leases until the search is over (no busy polling: event waits). A
+    chief back from a pause first checks it still holds the project (chief.ownership): one that
+    lost it exits there, before it judges any worker silent."""
+    from chief.journal import fence_of
+
+    fence = fence_of(coordinator.project_dir)
     while not coordinator.finished.wait(interval):
+        if fence is not None:
+            with contextlib.suppress(OSError):  # cannot tell now: the journal's commit checks again
+                fence.check()
         coordinator.expire_leases()
 
 

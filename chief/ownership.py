@@ -337,7 +337,7 @@ class Ownership:
         newer = _read(layout.chief_claim_path(self.project_dir, self.generation + 1))
         if newer is not None:
             claim = Claim.parse(newer)
-            return f"{claim.who() if claim else f'another chief (generation {self.generation + 1})'} took it over"
+            return f"{claim.who() if claim else f'another chief (generation {self.generation + 1})'} holds it now"
         if self._journal is not None:
             path, dev, ino = self._journal
             try:

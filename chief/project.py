@@ -71,9 +71,9 @@ def _say_waiting(project: str):
 
 def _exit_lost(settings):
     def on_lost(reason: str) -> None:
-        message = (f"KTC_PROJECT={settings.project}: another chief took the project over ({reason}) while this one "
-                   f"was silent past its lease (paused, or cut off from {settings.state_dir}?): this chief writes "
-                   "nothing more and exits; the other one goes on with the search")
+        message = (f"KTC_PROJECT={settings.project}: another chief took the project over while this one was "
+                   f"silent past its lease (paused, or cut off from {settings.state_dir}?): {reason}; this chief "
+                   "writes nothing more and exits, the other one goes on with the search")
         try:
             sys.stdout.flush()
             print(f"ktcluster chief: {message}", file=sys.stderr, flush=True)
