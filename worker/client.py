@@ -268,8 +268,8 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
         try:
             response, _ = self._call("UpdateTrial", request, self._attempt_metadata(trial_id))
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise ReportRefused(exc.details()) from None
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the reason first: tables cut long messages
+                raise ReportRefused((exc.details() or "").split(" refused: ", 1)[-1]) from None
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
             self._lose(trial_id, f"UpdateTrial refused: {exc.details()}")
