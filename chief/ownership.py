@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import errno
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from shared.atomic import write_text_atomic
 log = logging.getLogger("ktcluster.chief")
 
 MAX_CLAIM_BYTES = 4096  # a claim is a few hundred bytes; more is not a claim
+CLAIM_BYTES = 1024  # every claim written is padded to this size: on a full disk it is rewritten in place
 MAX_SECONDS = 7 * 24 * 3600.0
 
 
@@ -127,7 +129,10 @@ class Claim:
                    boot=me.boot, pidns=me.pidns, started=me.started)
 
     def text(self) -> str:
-        return json.dumps(dataclasses.asdict(self)) + "\n"
+        """The file's content: JSON, padded with spaces to CLAIM_BYTES (so that every version of a
+        claim has the same size, and one can replace another in place)."""
+        text = json.dumps(dataclasses.asdict(self))
+        return text + " " * max(0, CLAIM_BYTES - 1 - len(text.encode())) + "\n"
 
     @classmethod
     def parse(cls, content: bytes | str | None) -> "Claim | None":
@@ -367,7 +372,24 @@ class Ownership:
         with self._lock:
             self.claim = dataclasses.replace(self.claim, beat=self.claim.beat + 1)
             text = self.claim.text()
-        write_text_atomic(self.path, text, fsync=False)
+        self._write(text, fsync=False)
+
+    def _write(self, text: str, fsync: bool) -> None:
+        """The claim replaced by a rename; on a full disk (no room for the temporary file)
+        rewritten in place instead: every version has the same size, so that allocates nothing
+        (a reader that sees half of it sees a change: a live holder, as it is)."""
+        try:
+            write_text_atomic(self.path, text, fsync=fsync)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, text.encode(), 0)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _renew_loop(self) -> None:
         complained = -math.inf
@@ -398,7 +420,7 @@ class Ownership:
                 with self._lock:
                     self.claim = dataclasses.replace(self.claim, beat=self.claim.beat + 1, released=True)
                     text = self.claim.text()
-                write_text_atomic(self.path, text, fsync=True)
+                self._write(text, fsync=True)
         except OSError as exc:
             log.warning("could not mark the project released (%s): the next chief waits %gs for this one",
                         exc.strerror or exc, self.claim.lease_seconds)

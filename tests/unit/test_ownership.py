@@ -1,6 +1,7 @@
 """One chief per project (chief.ownership): the lease logic on a fake clock (nothing sleeps), the
 claim files, and the journal's fence (chief.journal) with two chiefs in one process."""
 
+import errno
 import json
 import os
 import threading
@@ -200,6 +201,22 @@ def test_renewing_counts_beats_and_release_says_so_once(tmp_path, clock, lost):
     assert _claim(project, 1).beat == 2 and not _claim(project, 1).released
     held.release()
     assert _claim(project, 1).released and _claim(project, 1).beat == 3
+
+
+def test_on_a_full_disk_the_claim_is_renewed_and_released_in_place(tmp_path, clock, lost, monkeypatch):
+    project = tmp_path / "proj"
+    held = _hold(project, clock, lost)
+    size = (project / "ktcluster-chief.1.json").stat().st_size
+    assert size == ownership.CLAIM_BYTES
+
+    def full(path, text, fsync=True):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ownership, "write_text_atomic", full)
+    held.renew()
+    assert _claim(project, 1).beat == 1 and (project / "ktcluster-chief.1.json").stat().st_size == size
+    held.release()
+    assert _claim(project, 1).released and not list(project.glob("*.tmp"))
 
 
 def test_a_chief_whose_project_was_taken_over_is_told_once_and_writes_no_claim(tmp_path, clock, lost):
