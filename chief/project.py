@@ -19,6 +19,7 @@ import os
 import sys
 
 from chief import ownership, status
+from shared import layout
 from shared.config import ConfigError
 
 log = logging.getLogger("ktcluster.chief")
@@ -88,7 +89,7 @@ def _recorded(settings) -> dict:
         return status.read_search_fields(settings.project_state_dir) or {}
     except (OSError, ValueError, TypeError) as exc:
         log.warning("KTC_PROJECT=%s: %s cannot be read (%s): the settings are not checked against it; it is "
-                    "written again", settings.project, status.layout.SEARCH_RECORD, type(exc).__name__)
+                    "written again", settings.project, layout.SEARCH_RECORD, type(exc).__name__)
         return {}
 
 

@@ -150,3 +150,14 @@ def test_take_refuses_a_second_chief_naming_the_first_without_a_failure_record(t
         assert refused.value.lines[0].startswith("KTC_PROJECT=p: held by the chief on host ")
     finally:
         held.release()
+
+
+def test_an_unreadable_record_is_said_once_and_checks_nothing(tmp_path, caplog):
+    folder = tmp_path / "state" / "p"
+    folder.mkdir(parents=True)
+    (folder / "ktcluster-search.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="ktcluster.chief"):
+        held = project.take(_settings(tmp_path, KTC_TUNER="grid"))
+    held.release()
+    said = [r.getMessage() for r in caplog.records if "ktcluster-search.json" in r.getMessage()]
+    assert len(said) == 1 and "cannot be read (JSONDecodeError)" in said[0], said
