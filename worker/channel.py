@@ -139,17 +139,27 @@ class ChannelMixin:
     def _pause(self, delay: float) -> None:
         """Wait `delay` seconds before the next try, or less if the chief comes up meanwhile (its
         channel turns ready after the wait began; one ready at once means the chief answered and
-        refused, so the whole delay is waited)."""
-        started = time.monotonic()
-        ready = grpc.channel_ready_future(self._channel)
-        try:
-            ready.result(timeout=delay)
-        except grpc.FutureTimeoutError:
-            ready.cancel()  # else it keeps watching (and holding) the channel
+        refused, so the whole delay is waited). The wait is cut in slices of REDIAL_SECONDS with
+        a fresh dial between them, so a rescheduled chief whose name resolves again is found
+        within a slice, not after the whole delay."""
+        end = time.monotonic() + delay
+        first = True
+        while not self._stopping.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            started = time.monotonic()
+            ready = grpc.channel_ready_future(self._channel)
+            try:
+                ready.result(timeout=min(left, REDIAL_SECONDS))
+            except grpc.FutureTimeoutError:
+                ready.cancel()  # else it keeps watching (and holding) the channel
+                self._redial()
+                first = False
+                continue
+            if first and time.monotonic() - started < READY_AT_ONCE:
+                self._stopping.wait(max(end - time.monotonic(), 0))
             return
-        waited = time.monotonic() - started
-        if waited < READY_AT_ONCE:
-            self._stopping.wait(delay - waited)
 
     def _retry_line(self, code: grpc.StatusCode, details: str, delay: float) -> None:
         tries = self._retry_lines.allow(code.name)
