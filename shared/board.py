@@ -47,12 +47,6 @@ def epoch_tag(name: str) -> str:
     return f"epoch/{name}"
 
 
-def _scalar_event(tag: str, value: float, step: int) -> event_pb2.Event:
-    pb = scalar_summary.scalar_pb(tag, float(value))
-    return event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary.FromString(
-        pb.SerializeToString()))
-
-
 def conceptual_graph_event(model) -> event_pb2.Event:
     """The model's Keras config for the Graphs dashboard's conceptual view, its layers at the top
     level: the top model's name is the scope TensorBoard nests every layer in, so it is cleared."""
@@ -119,7 +113,7 @@ class AttemptBoard(keras.callbacks.Callback):
             self._graphs_written = True
             self._write_graphs()
         for name, value in (logs or {}).items():
-            self._writer.add_event(_scalar_event(epoch_tag(name), value, epoch))
+            self._writer.add_event(hparams.summary_event(scalar_summary.scalar_pb(epoch_tag(name), float(value)), epoch))
         self._writer.flush()
 
     def _write_graphs(self) -> None:

@@ -212,7 +212,7 @@ def write_experiment_config(log_root: str, space, metric_names, objective, alway
             info.type = api_pb2.DATA_TYPE_STRING  # dashboard offers a text filter instead of hiding rows
     experiment.content = data.SerializeToString()
     writer = EventFileWriter(log_root, filename_suffix=CONFIG_SUFFIX)
-    writer.add_event(_event(pb))
+    writer.add_event(summary_event(pb))
     writer.close()
     return glob.glob(os.path.join(log_root, f"events.out.tfevents.*{CONFIG_SUFFIX}"))[0]
 
@@ -226,10 +226,10 @@ def reported_metrics(model, x, y) -> list[str]:
     return sorted(results, key=lambda name: (name != "loss", name))
 
 
-def _event(pb) -> event_pb2.Event:
-    """A Summary (TensorFlow's or TensorBoard's own class: the same message) as an event at step 0."""
+def summary_event(pb, step: int = 0) -> event_pb2.Event:
+    """A Summary (TensorFlow's or TensorBoard's own class: the same message) as an event at `step`."""
     summary_pb = summary_pb2.Summary.FromString(pb.SerializeToString())
-    return event_pb2.Event(wall_time=time.time(), step=0, summary=summary_pb)
+    return event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb)
 
 
 def _write(log_dir: str, summaries, suffix: str = "") -> None:
@@ -237,7 +237,7 @@ def _write(log_dir: str, summaries, suffix: str = "") -> None:
     name order, which is creation time, and never returns to an older one)."""
     writer = EventFileWriter(log_dir, filename_suffix=suffix)
     for pb in summaries:
-        writer.add_event(_event(pb))
+        writer.add_event(summary_event(pb))
     writer.close()
 
 
