@@ -202,7 +202,7 @@ def test_a_finished_project_is_reported_with_its_recorded_settings_whatever_the_
 
 
 def _decide(tmp_path, **overrides):
-    from chief.__main__ import _finished_record
+    from chief.finished import finished_record as _finished_record
     from shared import config
 
     environ = {**cluster_env(tmp_path, free_port(), **FIXTURES), **{k: str(v) for k, v in overrides.items()}}

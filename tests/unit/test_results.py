@@ -151,7 +151,7 @@ def test_best_model_saves_and_loads_without_warnings_and_reproduces_the_score(tm
     import keras
     from keras_tuner.src.engine.tuner_utils import SaveBestEpoch  # what a Tuner's run_trial saves with
 
-    from chief.__main__ import _save_best_model
+    from chief.startup import save_best_model as _save_best_model
     from shared import config, data, hypermodels, layout
 
     settings = config.load({"KTC_STATE_DIR": str(tmp_path / "state"), "KTC_RESULTS_DIR": str(tmp_path / "results"),
