@@ -267,6 +267,31 @@ def bayesian_ms_per_trial(checkpoints=(100, 500), window: int = 10) -> dict:
     return out
 
 
+class InProcessContext:
+    """The part of a gRPC context the servicer uses, for calls made in process (the
+    simulated workers): a ktcluster worker's metadata, or none, as a stock worker sends."""
+
+    def __init__(self, worker: str | None = None):
+        from shared import rpc
+
+        self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid")) if worker else ()
+
+    def peer(self):
+        return "in-process"
+
+    def auth_context(self):
+        return {}
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+    def abort(self, code, details):
+        raise RuntimeError(f"{code}: {details}")
+
+
 def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16) -> dict:
     """The chief's own CPU per trial (servicer + coordinator, in process, no gRPC) with warm caches
     and with `flush_mib` MiB streamed through the caches before every call, as happens when the
@@ -283,7 +308,7 @@ def chief_ms_per_trial(trials: int = 3000, repeats: int = 3, flush_mib: int = 16
     from chief import progress
     from shared.logs import configure_logging
     from chief.coordinator import Coordinator
-    from chief.server import InProcessContext, OracleServicer
+    from chief.server import OracleServicer
     from keras_tuner.src import protos
 
     service, completed = protos.get_service(), protos.get_proto().TrialStatus.COMPLETED

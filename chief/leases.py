@@ -148,7 +148,3 @@ class Leases:
         now = self.clock()
         quiet = {w: now - h.seen - h.deaf for w, h in self._holders.items() if h.instance != STOCK}
         return Presence(len(self._holders), {w: s for w, s in quiet.items() if s > silent_after})
-
-    def silent_for(self, worker: str) -> float | None:
-        holder = self._holders.get(worker)
-        return None if holder is None else self.clock() - holder.seen

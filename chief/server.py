@@ -230,29 +230,6 @@ class ClusterServicer(_Servicer):
         return self.coordinator.heartbeat(*self._who(request))
 
 
-class InProcessContext:
-    """The part of a gRPC context the servicer uses, for calls made in process (tests,
-    benchmarks): a ktcluster worker's metadata, or none, as a stock worker sends."""
-
-    def __init__(self, worker: str | None = None):
-        self._metadata = ((rpc.WORKER_KEY, worker), (rpc.INSTANCE_KEY, f"{worker}-pid")) if worker else ()
-
-    def peer(self):
-        return "in-process"
-
-    def auth_context(self):
-        return {}
-
-    def invocation_metadata(self):
-        return self._metadata
-
-    def set_trailing_metadata(self, metadata):
-        pass
-
-    def abort(self, code, details):
-        raise RuntimeError(f"{code}: {details}")
-
-
 def bind(address: str, max_workers: int = 2, tls_dir: str = ""):
     """Create a server bound exclusively to `address`; raise PortInUse if it is taken. With
     `tls_dir` (KTC_TLS_DIR) it serves mutual TLS only (shared/tls.py; TLSError if unusable).

@@ -58,9 +58,13 @@ def test_no_replica_number_takes_first_gpu():
 
 
 def test_use_device_falls_back_to_cpu_here():
+    """This machine has no GPU: TensorFlow lists none, and the worker trains on the CPU."""
+    import tensorflow as tf
+
     from shared.devices import use_device
 
-    assert use_device("worker-1", 1, {}, gpus=[]) == "CPU"
+    assert tf.config.list_physical_devices("GPU") == []
+    assert use_device("worker-1", 1, {}, env={}) == "CPU"
 
 
 # -- a GPU Swarm reserved for the task (generic resource of kind GPU) --------------------------
