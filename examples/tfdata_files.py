@@ -9,7 +9,7 @@ the kit unchanged:
 
 The first process to call `load_data` writes the shards into $KTC_DATA_DIR/digits-tfrecord (in a
 folder of its own, renamed into place: chief and workers start together and may race; the loser
-drops its copy). Then every process streams them: the chief reads one validation batch (its dry
+drops its copy; a process that may not write there waits for them). Then every process streams them: the chief reads one validation batch (its dry
 run, to learn the metric names), the workers train. The training pipeline is batched (no
 `batch_size` passed) and repeats, so `steps_per_epoch` says where an epoch ends.
 """
@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -28,6 +29,7 @@ from keras import layers
 FOLDER = "digits-tfrecord"
 TRAIN_SHARDS = 4
 BATCH = 32
+WAIT_SECONDS = 300  # for the shards another process writes
 FEATURES = {"pixels": tf.io.FixedLenFeature([64], tf.float32), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
@@ -63,6 +65,21 @@ def write_shards(folder):
         shutil.rmtree(staging)
 
 
+def shards(folder, wait=WAIT_SECONDS):
+    """`folder`, written here if it is missing; where this process may not write there (Compose
+    mounts the data volume read-only in workers), waited for up to `wait` seconds while the
+    chief writes it."""
+    deadline = time.monotonic() + wait
+    while not os.path.isdir(folder):
+        try:
+            write_shards(folder)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    return folder
+
+
 def _parse(record):
     example = tf.io.parse_single_example(record, FEATURES)
     return tf.reshape(example["pixels"], (8, 8, 1)), example["label"]
@@ -75,9 +92,7 @@ def _records(folder, split, shuffle):
 
 def load_data():
     """KTC_DATASET: a dict of keras.Model.fit keyword arguments, streamed from the shards."""
-    folder = os.path.join(os.environ.get("KTC_DATA_DIR") or tempfile.gettempdir(), FOLDER)
-    if not os.path.isdir(folder):
-        write_shards(folder)
+    folder = shards(os.path.join(os.environ.get("KTC_DATA_DIR") or tempfile.gettempdir(), FOLDER))
     with open(os.path.join(folder, "counts.json")) as f:
         counts = json.load(f)
     train = (_records(folder, "train", shuffle=True).shuffle(512).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,3 +1,4 @@
+import os
 import re
 import socket
 import sys
@@ -264,3 +265,33 @@ def test_the_guide_model_on_a_stream_is_refused_at_the_chief(tmp_path):
         prepare(_chief_settings(tmp_path, KTC_DATASET=f"{FIXTURES}:pydataset", KTC_MODEL=""))
     assert err.value.code == 2 and "set KTC_MODEL=module:function" in str(err.value)
     assert datasets.READS == {"x": [0], "validation_data": []}  # its input shape: one batch
+
+
+def test_tfdata_example_waits_for_shards_it_may_not_write(tmp_path, monkeypatch):
+    """examples/tfdata_files.py in a Compose worker (the data volume read-only): it waits for the
+    chief's shards instead of failing; with nobody writing them it gives up after its wait."""
+    import threading
+
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    import tfdata_files
+
+    write = tfdata_files.write_shards
+
+    def read_only(folder):
+        raise PermissionError(30, "Read-only file system", folder)
+
+    monkeypatch.setattr(tfdata_files, "write_shards", read_only)
+    folder = str(tmp_path / tfdata_files.FOLDER)
+    with pytest.raises(PermissionError):
+        tfdata_files.shards(folder, wait=0.5)
+    chief = threading.Timer(0.5, write, [folder])
+    chief.start()
+    try:
+        assert tfdata_files.shards(folder, wait=60) == folder
+    finally:
+        chief.join(timeout=60)
+    assert sorted(os.listdir(folder)) == ["counts.json", "train-0.tfrecord", "train-1.tfrecord", "train-2.tfrecord",
+                                          "train-3.tfrecord", "val-0.tfrecord"]
+    sys.modules.pop("tfdata_files", None)
