@@ -270,6 +270,9 @@ def _checked(kwargs: dict, source: str) -> dict:
         if given:
             raise DatasetRefused(source, f"{' and '.join(map(repr, given))} cannot be given with a "
                                          f"{type(kwargs['x']).__name__} 'x': its batches carry them")
+        if kwargs.get("validation_split"):
+            raise DatasetRefused(source, f"'validation_split' cannot split a {type(kwargs['x']).__name__} 'x'; "
+                                         "give 'validation_data'")
     return kwargs
 
 

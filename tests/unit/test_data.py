@@ -219,6 +219,7 @@ def test_what_fit_could_not_take_on_every_trial_is_refused():
         "'validation_data' is a generator": {"x": x, "y": y, "validation_data": (b for b in [(x, y)])},
         "the dict it returned has no 'x'": {"y": y},
         "'y' cannot be given with a": {"x": batches, "y": y},
+        "'validation_split' cannot split a": {"x": batches, "validation_split": 0.2},
     }
     for problem, returned in cases.items():
         with pytest.raises(ConfigError, match="^" + re.escape(f"KTC_DATASET=m:f: {problem}")):
