@@ -93,11 +93,15 @@ def start(settings):
 
 
 def model_metrics(space, build_model, dataset) -> list[str] | None:
-    """The metric names Keras will report for this model (None if a dry run is not possible)."""
+    """The metric names Keras will report for this model (None if a dry run is not possible),
+    from a dry run on `dataset.validation_sample()`: at most one batch read."""
     from shared import hparams
 
     try:
-        return hparams.reported_metrics(build_model(space.copy()), dataset.x_val, dataset.y_val)
+        sample = dataset.validation_sample()
+        if sample is None:
+            return None
+        return hparams.reported_metrics(build_model(space.copy()), *sample)
     except Exception as exc:  # an exotic model: trials will tell
         log.warning("could not dry-run the model to list its metrics (%s)", exc)
         return None

@@ -204,11 +204,6 @@ def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
         # process: freeze it out of the collector's sight, so those collections scan only what
         # trials create.
         gc.freeze()
-        tuner.search(
-            dataset.x_train, dataset.y_train,
-            validation_data=(dataset.x_val, dataset.y_val),
-            epochs=settings.epochs,
-            verbose=2,
-        )
+        tuner.search(**dataset.fit_kwargs(), epochs=settings.epochs, verbose=2)
     finally:
         tuner.oracle.close()

@@ -1,3 +1,5 @@
+import os
+import re
 import socket
 import sys
 
@@ -5,6 +7,7 @@ import numpy as np
 import pytest
 
 from shared import data
+from shared.config import ConfigError
 from shared.data import DataError
 from shared.loader import ImportFromStringError
 
@@ -108,33 +111,188 @@ def test_custom_dataset_function(tmp_path, monkeypatch):
                       "    x = np.ones((10, 3)); y = np.arange(10) % 2\n"
                       "    return (x[:8], y[:8]), (x[8:], y[8:])\n"
                       "def broken():\n"
-                      "    return 42\n")
+                      "    return 42\n"
+                      "def raises():\n"
+                      "    raise FileNotFoundError('/data/train.npy')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     ds = data.load("my_data:load", str(tmp_path))
     assert ds.input_shape == (3,) and ds.num_classes == 2
-    with pytest.raises(DataError, match="KTC_DATASET=my_data:broken"):
-        data.load("my_data:broken", str(tmp_path))
+    with pytest.raises(ConfigError, match="KTC_DATASET=my_data:broken: the function returned int; return "):
+        data.load("my_data:broken", str(tmp_path))  # a setting problem: exit 2
+    with pytest.raises(DataError, match="KTC_DATASET=my_data:raises: the function raised FileNotFoundError: /data"):
+        data.load("my_data:raises", str(tmp_path))  # the data cannot be had: exit 1
     with pytest.raises(ImportFromStringError, match="has no attribute 'nope'"):
         data.load("my_data:nope", str(tmp_path))
     sys.modules.pop("my_data", None)
 
 
-def test_a_worker_waiting_for_the_cache_stops_when_told_to(tmp_path):
-    """`between` is asked at every poll: a worker raises from it once the chief recorded that it
-    could not start, instead of waiting out `wait`."""
-    import time
+FIXTURES = "tests.fixtures.datasets"
 
-    class ChiefGone(Exception):
-        pass
 
-    calls = []
+def _fit_twice(dataset):
+    """Two trials' worth of fit on the same keyword arguments (KerasTuner passes the same objects
+    to every trial): each must train on the data and validate."""
+    import keras_tuner as kt
 
-    def between():
-        calls.append(1)
-        if len(calls) == 3:
-            raise ChiefGone
+    from tests.fixtures.models import build_model
 
-    started = time.monotonic()
-    with pytest.raises(ChiefGone):
-        data.load("mnist", str(tmp_path), wait=60, between=between)
-    assert time.monotonic() - started < 5 and len(calls) == 3
+    for _ in range(2):
+        history = build_model(kt.HyperParameters()).fit(**dataset.fit_kwargs(), epochs=2, verbose=0)
+        assert len(history.history["loss"]) == 2 and len(history.history["val_accuracy"]) == 2
+
+
+def test_tuple_form_is_unchanged(tmp_path):
+    ds = data.load(f"{FIXTURES}:tuple_form", str(tmp_path))
+    kwargs = ds.fit_kwargs()
+    assert set(kwargs) == {"x", "y", "validation_data"} and kwargs["x"].shape == (48, 8)
+    assert kwargs["validation_data"][0].shape == (16, 8) and kwargs["validation_data"][1].shape == (16,)
+    assert (ds.x_train is kwargs["x"]) and ds.input_shape == (8,) and ds.num_classes == 2
+    x, y = ds.validation_sample()
+    assert (x == ds.x_val[:2]).all() and (y == ds.y_val[:2]).all()
+
+
+@pytest.mark.parametrize("kind", ["arrays", "pydataset", "tfdata"])
+def test_dict_form_passes_fit_keyword_arguments_through(tmp_path, kind):
+    from tests.fixtures import datasets
+
+    datasets.reset()
+    ds = data.load(f"{FIXTURES}:{kind}", str(tmp_path))
+    assert datasets.READS == {"x": [], "validation_data": []}  # building the pipeline reads nothing
+    kwargs = ds.fit_kwargs()
+    if kind == "arrays":
+        assert set(kwargs) == {"x", "y", "validation_split", "batch_size", "class_weight", "shuffle"}
+        assert (kwargs["validation_split"], kwargs["batch_size"]) == (0.25, 16)
+    else:
+        assert set(kwargs) == {"x", "validation_data"}
+    assert ds.input_shape == (8,)
+    x, y = ds.validation_sample()
+    assert x.shape == (2, 8) and y.shape == (2,)
+    _fit_twice(ds)
+
+
+def test_dict_form_of_arrays_gives_the_guide_model_its_classes(tmp_path):
+    ds = data.load(f"{FIXTURES}:arrays", str(tmp_path))
+    assert ds.num_classes == 2 and ds.fit_kwargs()["class_weight"] == {0: 1.0, 1: 2.0}
+
+
+@pytest.mark.parametrize("kind", ["pydataset", "tfdata"])
+def test_streams_ask_for_a_model_instead_of_reading_everything(tmp_path, kind):
+    ds = data.load(f"{FIXTURES}:{kind}", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^KTC_DATASET={FIXTURES}:{kind}: the guide model \(KTC_MODEL unset\) "
+                                          "needs the number of classes.*; set KTC_MODEL=module:function"):
+        ds.num_classes
+
+
+def test_tf_data_shape_comes_from_its_spec_without_reading(tmp_path):
+    from tests.fixtures import datasets
+
+    datasets.reset()
+    assert data.load(f"{FIXTURES}:tfdata", str(tmp_path)).input_shape == (8,)
+    assert datasets.READS == {"x": [], "validation_data": []}
+
+
+def test_unknown_keys_are_refused_with_what_is_allowed(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        data.load(f"{FIXTURES}:unknown_keys", str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"KTC_DATASET={FIXTURES}:unknown_keys: unknown keys 'validation_date', 'nb_epoch' ")
+    assert "allowed: x, y, batch_size, validation_split, validation_data, shuffle, class_weight" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("key, why", [("epochs", "is set by KTC_EPOCHS"), ("verbose", "is set by ktcluster"),
+                                      ("callbacks", "is set by ktcluster"), ("initial_epoch", "is set by the tuner")])
+def test_keys_ktcluster_sets_are_refused(key, why):
+    x, y = np.ones((4, 2)), np.zeros(4)
+    with pytest.raises(ConfigError, match=f"^KTC_DATASET=m:f: '{key}' {why}"):
+        data.from_returned({"x": x, "y": y, key: 1}, "m:f")
+
+
+def test_what_fit_could_not_take_on_every_trial_is_refused():
+    import tensorflow as tf
+
+    x, y = np.ones((4, 2)), np.zeros(4)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    cases = {
+        "'x' is a generator (an iterator), which the first trial would use up; wrap":
+            {"x": iter([(x, y)])},
+        "'validation_data' is a generator": {"x": x, "y": y, "validation_data": (b for b in [(x, y)])},
+        "the dict it returned has no 'x'": {"y": y},
+        "'y' cannot be given with a": {"x": batches, "y": y},
+        "'validation_split' cannot split a": {"x": batches, "validation_split": 0.2},
+    }
+    for problem, returned in cases.items():
+        with pytest.raises(ConfigError, match="^" + re.escape(f"KTC_DATASET=m:f: {problem}")):
+            data.from_returned(returned, "m:f")
+
+
+def test_a_stream_that_cannot_be_read_is_a_data_error(tmp_path):
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset([str(tmp_path / "nowhere.tfrecord")]).batch(2)
+    ds = data.from_returned({"x": records, "validation_data": records}, "m:f")
+    with pytest.raises(DataError, match="^KTC_DATASET=m:f: reading the first batch of validation_data failed: "
+                                        "NotFound"):
+        ds.validation_sample()
+
+
+def _chief_settings(tmp_path, **overrides):
+    from shared import config
+
+    env = {name: str(tmp_path / name.lower()) for name in ("KTC_STATE_DIR", "KTC_LOG_DIR", "KTC_DATA_DIR",
+                                                            "KTC_RESULTS_DIR")}
+    return config.load({**env, "KTC_MODEL": "tests.fixtures.models:build_model", **overrides}, role="chief")
+
+
+@pytest.mark.parametrize("kind, first_batch", [("pydataset", [0]), ("tfdata", list(range(8)))])
+def test_the_chief_reads_one_validation_batch_and_no_training_data(tmp_path, kind, first_batch):
+    """The chief's whole start-up check (data, model, dry run for the metric names) on streams that
+    record every read: the validation data's first batch, nothing of the training data."""
+    from chief.startup import prepare
+    from tests.fixtures import datasets
+
+    datasets.reset()
+    dataset, _, _, _, metrics = prepare(_chief_settings(tmp_path, KTC_DATASET=f"{FIXTURES}:{kind}"))
+    assert metrics == ["loss", "accuracy"]
+    assert datasets.READS == {"x": [], "validation_data": first_batch}
+
+
+def test_the_guide_model_on_a_stream_is_refused_at_the_chief(tmp_path):
+    from chief.startup import StartFailed, prepare
+    from tests.fixtures import datasets
+
+    datasets.reset()
+    with pytest.raises(StartFailed) as err:
+        prepare(_chief_settings(tmp_path, KTC_DATASET=f"{FIXTURES}:pydataset", KTC_MODEL=""))
+    assert err.value.code == 2 and "set KTC_MODEL=module:function" in str(err.value)
+    assert datasets.READS == {"x": [0], "validation_data": []}  # its input shape: one batch
+
+
+def test_tfdata_example_waits_for_shards_it_may_not_write(tmp_path, monkeypatch):
+    """examples/tfdata_files.py in a Compose worker (the data volume read-only): it waits for the
+    chief's shards instead of failing; with nobody writing them it gives up after its wait."""
+    import threading
+
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    import tfdata_files
+
+    write = tfdata_files.write_shards
+
+    def read_only(folder):
+        raise PermissionError(30, "Read-only file system", folder)
+
+    monkeypatch.setattr(tfdata_files, "write_shards", read_only)
+    folder = str(tmp_path / tfdata_files.FOLDER)
+    with pytest.raises(PermissionError):
+        tfdata_files.shards(folder, wait=0.5)
+    chief = threading.Timer(0.5, write, [folder])
+    chief.start()
+    try:
+        assert tfdata_files.shards(folder, wait=60) == folder
+    finally:
+        chief.join(timeout=60)
+    assert sorted(os.listdir(folder)) == ["counts.json", "train-0.tfrecord", "train-1.tfrecord", "train-2.tfrecord",
+                                          "train-3.tfrecord", "val-0.tfrecord"]
+    sys.modules.pop("tfdata_files", None)
