@@ -31,7 +31,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_MAX_TRIALS": ("10", "number of trials, 1-1000000 (hyperband: ignored, see KTC_EPOCHS)"),
     "KTC_EPOCHS": ("2", "epochs per trial, 1-100000 (hyperband: max epochs)"),
     "KTC_OBJECTIVE": ("val_accuracy", "metric to optimise, optionally NAME:min or NAME:max"),
-    "KTC_DATASET": ("mnist", "mnist, digits, or module:function returning (x, y), (x_val, y_val)"),
+    "KTC_DATASET": ("mnist", "mnist, digits, or module:function returning (x, y), (x_val, y_val) or a dict of "
+                    "keras.Model.fit keyword arguments (tf.data, PyDataset)"),
     "KTC_MODEL": ("", "module:function build_model(hp); empty = the KerasTuner guide's model"),
     "KTC_SEED": ("", "random seed of the search algorithm, 0-4294967295 (empty = random)"),
     "KTC_STATE_DIR": ("./run/state", "oracle state and checkpoints (shared by chief and workers)"),
