@@ -1,5 +1,7 @@
-"""`python -m chief`: serve the search. `python -m chief status`: progress and the trial table
-(from the state files). `python -m chief health`: is the oracle serving (Compose's healthcheck)?
+"""`python -m chief`: serve the search (and its Prometheus metrics on KTC_METRICS_PORT, chief.metrics).
+`python -m chief status`: progress and the trial table (from the state files); `status --json`:
+the same as one JSON object (chief.status.document). `python -m chief health`: is the oracle
+serving (Compose's healthcheck)?
 
 Exit codes: 0 search finished (results written; a finished project is only reported, with the
 settings recorded for it), 1 runtime failure (e.g. the dataset could not be downloaded), 2 bad
@@ -43,7 +45,9 @@ def health(settings) -> int:
         return _fail(2, str(exc))
 
 
-def status(settings) -> int:
+def status(settings, as_json: bool = False) -> int:
+    import json
+
     from chief import status as status_module
 
     from chief.journal import JournalCorrupt
@@ -54,7 +58,8 @@ def status(settings) -> int:
         return _fail(1, str(exc))
     if snap is None:
         return _fail(1, f"no search state for project {settings.project!r} in {settings.state_dir}")
-    print(status_module.render(snap))
+    print(json.dumps(status_module.document(snap, settings.project), allow_nan=False) if as_json
+          else status_module.render(snap))
     return 0
 
 
@@ -85,8 +90,33 @@ def run(settings) -> int:
                         "in use (another chief?); only one chief may serve a port")
     except ConfigError as exc:  # an unusable KTC_TLS_DIR
         return _start_failed(settings, 2, str(exc))
+    try:
+        metrics = _metrics_endpoint(settings)  # bound here too: a busy port fails before any slow work
+    except OSError as exc:  # no failure record: what holds the port may be the chief workers need
+        return _fail(2, f"KTC_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
+                        f"{settings.oracle_ip}:{settings.metrics_port} ({exc.strerror or exc}); "
+                        "choose a free port, or 0 for no metrics")
     log.info("%s", tls.describe(settings.tls_dir, "chief"))
     signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _hold_and_serve(settings, server, port, metrics)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+def _metrics_endpoint(settings):
+    """The metrics endpoint (chief.metrics.Endpoint) on KTC_METRICS_PORT, None when it is 0; OSError
+    if the port cannot be bound."""
+    if not settings.metrics_port:
+        return None
+    from chief.metrics import ChiefMetrics, Endpoint
+
+    return Endpoint(ChiefMetrics(), settings.oracle_ip, settings.metrics_port)
+
+
+def _hold_and_serve(settings, server, port, metrics) -> int:
+    """run(), once the ports are bound: take the project, serve it, release it."""
     from chief import project
 
     try:  # one chief per project; settings the project cannot change (chief.project)
@@ -98,13 +128,14 @@ def run(settings) -> int:
             _fail(exc.code, line)
         return exc.code
     try:
-        return _serve(settings, server, port)
+        return _serve(settings, server, port, metrics)
     finally:
         held.release()
 
 
-def _serve(settings, server, port) -> int:
-    """run(), once the project is held: start, serve until the search is over, report."""
+def _serve(settings, server, port, metrics=None) -> int:
+    """run(), once the project is held: start, serve until the search is over, report. `metrics`
+    (chief.metrics.Endpoint) watches the coordinator and serves until the report is written."""
     from chief import finished, progress, startup
 
     try:
@@ -118,8 +149,10 @@ def _serve(settings, server, port) -> int:
     from chief.journal import StorageUnavailable
     from chief.server import serve
 
+    if metrics is not None:
+        metrics.metrics.watch(coordinator)
     if not coordinator.finished.is_set():  # a finished project is only reported, never re-run
-        serve(server, coordinator)
+        serve(server, coordinator, on_call=metrics.metrics.rpc if metrics is not None else None)
         log.info("oracle serving on port %d: %s search, %s trials, objective %s, dataset %s",
                  port, settings.tuner, settings.max_trials, settings.objective.name, settings.dataset)
         reaper = threading.Thread(target=_reap, args=(coordinator, settings.heartbeat_seconds),
@@ -209,11 +242,11 @@ def main(argv=None) -> int:
         layout.clear_chief_failure(settings.project_state_dir)
     if argv == ["health"]:
         return health(settings)
-    if argv == ["status"]:
-        return status(settings)
+    if argv in (["status"], ["status", "--json"]):
+        return status(settings, as_json=argv[1:] == ["--json"])
     if argv:
         return _fail(2, f"unknown command {' '.join(argv)!r}: use 'python -m chief', 'python -m chief status' "
-                        "or 'python -m chief health'")
+                        "('status --json' for scripts) or 'python -m chief health'")
     return run(settings)
 
 

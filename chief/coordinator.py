@@ -81,6 +81,8 @@ class Coordinator(claims.ClaimsMixin):
         self._refusals_logged: set[tuple] = set()
         self._changed = threading.Condition()
         self._on_event, self._on_attempt_lost = on_event, on_attempt_lost
+        # every ended attempt (trial id, status, cause, message), under the lock: chief.metrics counts
+        self.on_attempt_end = lambda trial_id, status, cause, message: None
         self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
         self.tally = progress.Tally.of(oracle, self.book, clock)
         self._over = False
@@ -306,6 +308,7 @@ class Coordinator(claims.ClaimsMixin):
         self.journal.record(Event.END, trial=trial.trial_id, attempt=run.attempt, status=status, cause=cause.value,
                             seconds=run.seconds, message=short_message(message), used=used)
         self.tally.ended(ended, run)
+        self.on_attempt_end(trial.trial_id, status, cause, message)
         if oracle.failure_streak and not self.fatal:
             self.fatal = oracle.failure_streak
             log.error("search stopped: %s", self.fatal)
@@ -331,6 +334,11 @@ class Coordinator(claims.ClaimsMixin):
                                       {r.owner: t for t, r in self.book.running.items()}, len(self.oracle.queued_ids),
                                       self.oracle.objective.name, self.trial_lines.take_skipped(),
                                       self.trial_lines.rate, self.leases.presence(2 * self.heartbeat_seconds))
+
+    def presence(self):
+        """The leases' Presence (chief.leases): ids holding a lease, those unheard for two heartbeats."""
+        with self._lock:
+            return self.leases.presence(2 * self.heartbeat_seconds)
 
     # -- state of the search --------------------------------------------------------
     def wait_for_stop_heard(self, timeout: float) -> list[str]:

@@ -69,6 +69,7 @@ class Leases:
         self.presence_seconds = min(presence_seconds, lease_seconds)
         self.clock = clock
         self._holders: dict[str, _Holder] = {}
+        self.expired_count = 0  # ids whose lease ran out since the chief started (chief.metrics)
 
     def register(self, worker: str, instance: str, info: str = "") -> bool:
         """Bind `worker` to `instance`; True if it was already ours or free, raise DuplicateWorker
@@ -138,6 +139,7 @@ class Leases:
                       if now - h.seen - h.deaf >= (h.lease or self.lease_seconds))
         for _, worker in gone:
             del self._holders[worker]
+        self.expired_count += len(gone)
         return [worker for _, worker in gone]
 
     def presence(self, silent_after: float) -> Presence:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from concurrent import futures
 
 import grpc
@@ -72,34 +73,48 @@ def _guarded(method):
     """Answer a refused request with its status code and one line (nothing changed), a chief that
     cannot store with UNAVAILABLE (the worker retries), and anything else with INTERNAL, logged
     with its traceback: the chief keeps serving either way. Refusals and failures are logged at
-    most once per caller (or method) and reason per REFUSAL_LOG_WINDOW."""
+    most once per caller (or method) and reason per REFUSAL_LOG_WINDOW. Every call ends with
+    `on_call(method, code, seconds)`: its status code's name (OK) and how long it took."""
 
     def wrapper(self, request, context):
+        start, code = time.perf_counter(), "OK"
         try:
             _check_certificate(context)
             return method(self, request, context)
         except Refused as exc:
+            code = exc.code
             self._refused(context, method.__name__, exc)
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except DuplicateWorker as exc:
+            code = "ALREADY_EXISTS"
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except StorageUnavailable as exc:
+            code = "UNAVAILABLE"
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the chief cannot store results now ({exc.strerror}); retry")
         except Exception as exc:
+            code = "INTERNAL"
             if self.log_once.allow((method.__name__, type(exc).__name__)):
                 log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.on_call(method.__name__, code, time.perf_counter() - start)
 
     wrapper.__name__ = method.__name__
     return wrapper
 
 
-class _Servicer:
-    """What both services share: the coordinator and the refusal log."""
+def _ignore(method: str, code: str, seconds: float) -> None:
+    """No metrics: each call's name, status code and duration go nowhere."""
 
-    def __init__(self, coordinator, log_once: OncePerWindow | None = None):
+
+class _Servicer:
+    """What both services share: the coordinator, the refusal log and `on_call` (every answered
+    call's method, status code name and seconds: chief.metrics.ChiefMetrics.rpc)."""
+
+    def __init__(self, coordinator, log_once: OncePerWindow | None = None, on_call=_ignore):
         self.coordinator = coordinator
         self.log_once = log_once or OncePerWindow(REFUSAL_LOG_WINDOW)
+        self.on_call = on_call
 
     def _refused(self, context, method: str, exc: Refused) -> None:
         """One line per caller and reason per window (NotOwner is logged by the coordinator)."""
@@ -251,14 +266,15 @@ def bind(address: str, max_workers: int = 2, tls_dir: str = ""):
     return server, port
 
 
-def serve(server, coordinator) -> None:
+def serve(server, coordinator, on_call=None) -> None:
     """Start serving, then tell the coordinator (`serving`: leases kept across a restart run
-    from now). What is alive by now (TensorFlow, Keras, the dataset, the oracle) is moved out of
-    the garbage collector's reach first (`gc.freeze`) and young collections run every 10,000
-    allocations: full collections over TensorFlow's heap would stall every request."""
-    log_once = OncePerWindow(REFUSAL_LOG_WINDOW)
-    service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator, log_once), server)
-    server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator, log_once)),))
+    from now); `on_call(method, code, seconds)`, if given, hears of every answered call (chief.metrics).
+    What is alive by now (TensorFlow, Keras, the dataset, the oracle) is moved out of the garbage
+    collector's reach first (`gc.freeze`) and young collections run every 10,000 allocations: full
+    collections over TensorFlow's heap would stall every request."""
+    log_once, on_call = OncePerWindow(REFUSAL_LOG_WINDOW), on_call or _ignore
+    service_grpc.add_OracleServicer_to_server(OracleServicer(coordinator, log_once, on_call), server)
+    server.add_generic_rpc_handlers((rpc.generic_handler(ClusterServicer(coordinator, log_once, on_call)),))
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     server.start()

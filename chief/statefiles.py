@@ -31,12 +31,14 @@ class StorageFaults:
         self._lock = threading.Lock()
         self._since: dict[str, float] = {}  # what -> first failure since its last success
         self._count, self._logged_at, self._last = 0, -float("inf"), ""
+        self._failures: dict[str, int] = {}  # what -> failures since the chief started (chief.metrics)
 
     def failed(self, what: str, exc: OSError) -> None:
         with self._lock:
             now = self.clock()
             since = self._since.setdefault(what, now)
             self._count += 1
+            self._failures[what] = self._failures.get(what, 0) + 1
             self._last = f"{what}: {exc.strerror or exc}"
             if now - self._logged_at >= self.every:
                 self._logged_at = now
@@ -50,6 +52,11 @@ class StorageFaults:
                 log.warning("%s: the state disk works again after %.0fs", what, self.clock() - since)
             if not self._since:
                 self._count, self._logged_at = 0, -float("inf")
+
+    def failures(self) -> dict[str, int]:
+        """Failures since the chief started, by what failed (never reset: a counter)."""
+        with self._lock:
+            return dict(self._failures)
 
     @property
     def failing(self) -> bool:

@@ -1,4 +1,5 @@
-"""`python -m chief status`: progress and the trial table, read from the state directory.
+"""`python -m chief status`: progress and the trial table, read from the state directory;
+`python -m chief status --json`: the same state as one JSON object for scripts (`document`).
 
 Files, not RPC: the same command works on a running cluster
 (`docker compose exec chief python -m chief status`) and on a finished one
@@ -174,3 +175,30 @@ def render(snap: progress.Snapshot) -> str:
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def document(snap: progress.Snapshot, project: str) -> dict:
+    """`python -m chief status --json`: what `render` shows, as one strict-JSON object for scripts.
+    `progress`: the counts of the progress line (done = completed + failed, of total) and the line
+    itself; `trials`: one object per trial in trial-id order with the columns of trials.csv, the
+    hyperparameters under `hyperparameters` (null where the build did not use one); `best`: the
+    best completed trial (null before one), with the values its build used."""
+    summary = progress.summary(snap)
+    rows = results.trials_rows(snap.trials, snap.runs, snap.space)
+    trials = [{**{key: row[key] for key in results.FIXED_COLUMNS + results.LAST_COLUMNS},
+               "hyperparameters": {name: row[name] for name in snap.space}} for row in rows]
+    best = None
+    if snap.best is not None:
+        run = snap.runs.get(snap.best.trial_id)
+        best = {"trial_id": snap.best.trial_id, "score": snap.best.score, "worker": run and run.owner,
+                "hyperparameters": results.used_values(snap.best.hyperparameters.values, run and run.used)}
+    return results.json_safe({
+        "project": project,
+        "objective": {"name": snap.objective.name, "direction": snap.objective.direction},
+        "progress": {"done": summary.completed + summary.failed, "total": summary.total,
+                     "completed": summary.completed, "failed": summary.failed, "queued": summary.queued,
+                     "running": dict(sorted(summary.running.items())), "finished": summary.finished,
+                     "eta_seconds": summary.eta, "line": progress.line(summary)},
+        "best": best,
+        "trials": trials,
+    })

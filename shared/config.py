@@ -52,6 +52,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KTC_STOCK_LEASE_SECONDS": ("0", "stock KerasTuner workers (no heartbeat): 0 = refused; N >= 1 = served, "
                                 "losing their trial after N s without a call (make it longer than an epoch)"),
     "KTC_TLS_DIR": ("", "folder of PEM files for mutual TLS on the oracle (see README); empty = plaintext"),
+    "KTC_METRICS_PORT": ("9464", "chief: Prometheus metrics port (HTTP /metrics on KERASTUNER_ORACLE_IP), 1-65535; "
+                         "0 = off"),
 }
 
 
@@ -129,6 +131,7 @@ class Settings:
     storage_grace_seconds: float
     stock_lease_seconds: float  # 0: stock clients are refused
     tls_dir: str  # "": plaintext
+    metrics_port: int = 0  # KTC_METRICS_PORT; 0: no metrics endpoint (chief.metrics)
 
     @property
     def oracle_address(self) -> str:
@@ -343,10 +346,14 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         storage_grace_seconds=_seconds(env, "KTC_STORAGE_GRACE_SECONDS"),
         stock_lease_seconds=_stock_lease(env),
         tls_dir=env["KTC_TLS_DIR"].strip(),
+        metrics_port=_int(env, "KTC_METRICS_PORT", 0, 65535),
     )
     if scalars["heartbeat_seconds"] * 2 > scalars["lease_seconds"]:
         raise ConfigError("KTC_HEARTBEAT_SECONDS", env["KTC_HEARTBEAT_SECONDS"].strip(),
                           f"at most half of KTC_LEASE_SECONDS ({scalars['lease_seconds']:g})")
+    if scalars["metrics_port"] == scalars["oracle_port"]:
+        raise ConfigError("KTC_METRICS_PORT", env["KTC_METRICS_PORT"].strip(),
+                          f"a port other than KERASTUNER_ORACLE_PORT ({scalars['oracle_port']}), or 0 for no metrics")
     # Directories last: nothing is created on disk unless every other value is good.
     writes = _WRITES.get(role, set())
     dirs = {}

@@ -29,6 +29,7 @@ def cluster_env(tmp_path, port, **overrides) -> dict:
         KTC_DATA_DIR=str(tmp_path / "data"), KTC_RESULTS_DIR=str(tmp_path / "results"),
         KTC_PROJECT="itest", KTC_TF_THREADS="1", KTC_STOP_GRACE_SECONDS="20", KTC_CHIEF_TIMEOUT_SECONDS="60",
         PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+        KTC_METRICS_PORT="0",  # off: chiefs of tests running side by side would share the default port
     )
     env.update({k: str(v) for k, v in overrides.items()})
     return env
@@ -101,6 +102,21 @@ def http_json(url: str, body: dict | None = None, timeout: float = 10):
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def scrape(port: int, timeout: float = 10) -> str:
+    """The exposition of a chief's metrics endpoint (chief.metrics) on 127.0.0.1:`port`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        return response.read().decode()
+
+
+def prometheus_samples(text: str) -> dict:
+    """{(sample name, frozenset of label items): value} of an exposition, read with
+    prometheus_client's own parser (as Prometheus reads it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]

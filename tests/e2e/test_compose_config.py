@@ -54,3 +54,11 @@ def test_one_service_builds_the_image_and_none_pulls_it(files):
     assert [name for name, s in services.items() if s.get("build")] == ["chief"]
     assert len({s["image"] for s in services.values()}) == 1, {n: s["image"] for n, s in services.items()}
     assert {n: s.get("pull_policy") for n, s in services.items()} == dict.fromkeys(services, "never")
+
+
+def test_the_chiefs_metrics_port_is_on_the_compose_network_only():
+    """Prometheus on the project's network scrapes http://chief:9464/metrics; the host gets nothing
+    unless the user publishes it (README: Metrics)."""
+    chief = config("compose.yaml")["services"]["chief"]
+    assert chief["environment"]["KTC_METRICS_PORT"] == "9464" and chief["expose"] == ["9464"]
+    assert "ports" not in chief

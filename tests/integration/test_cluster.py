@@ -1,13 +1,17 @@
-"""Chief + 2 workers + TensorBoard as real processes on loopback, digits data."""
+"""Chief + 2 workers + TensorBoard as real processes on loopback, digits data; the chief's
+metrics endpoint is scraped throughout the search."""
 
+import collections
 import csv
 import json
 import os
+import signal
+import time
 
 import pytest
 
-from tests.procs import (free_port, cluster_env, hparams_session_groups, http_json, processes, python,
-                         wait_until)
+from tests.procs import (free_port, cluster_env, hparams_session_groups, http_json, processes, prometheus_samples,
+                         python, scrape, wait_until)
 
 MAX_TRIALS = 6
 
@@ -15,20 +19,57 @@ MAX_TRIALS = 6
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
-    port, tb_port = free_port(), free_port()
-    env = cluster_env(tmp, port, KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=1, KTC_SEED=3)
+    port, tb_port, metrics_port = free_port(), free_port(), free_port()
+    env = cluster_env(tmp, port, KTC_MAX_TRIALS=MAX_TRIALS, KTC_EPOCHS=1, KTC_SEED=3, KTC_METRICS_PORT=metrics_port)
     with processes() as start:
         chief = start("chief", python("chief"), env, tmp)
         workers = [start(f"worker-{n}", python("worker"), {**env, "KERASTUNER_TUNER_ID": f"worker-{n}"}, tmp)
                    for n in (1, 2)]
-        codes = {"chief": chief.wait(timeout=420)}
+        scrapes = _scrape_until_exit(chief, workers, metrics_port, str(tmp / "state" / "itest" / "ktcluster-runs.jsonl"),
+                                     timeout=420)
+        codes = {"chief": chief.wait(timeout=10)}
         for n, worker in enumerate(workers, 1):
             codes[f"worker-{n}"] = worker.wait(timeout=60)
         tb = start("tensorboard", [os.path.join(os.path.dirname(python("x")[0]), "tensorboard"),
                                    "--logdir", str(tmp / "logs" / "itest"), "--port", str(tb_port),
                                    "--host", "127.0.0.1"], env, tmp)
         base = f"http://127.0.0.1:{tb_port}"
-        yield {"tmp": tmp, "codes": codes, "chief": chief, "workers": workers, "tb": base, "tb_proc": tb}
+        yield {"tmp": tmp, "codes": codes, "chief": chief, "workers": workers, "tb": base, "tb_proc": tb,
+               "scrapes": scrapes}
+
+
+def _scrape_until_exit(chief, workers, port: int, journal: str, timeout: float) -> list[dict]:
+    """Every exposition of the chief's metrics endpoint, scraped every 0.1 s until the chief exits,
+    parsed with prometheus_client's parser. So that the end is scraped on any machine, the worker
+    left idle by the last trial is paused (SIGSTOP) until a scrape shows the search finished: the
+    chief waits for it to hear STOPPED (KTC_STOP_GRACE_SECONDS) before it exits."""
+    scrapes, paused, resumed, deadline = [], None, False, time.monotonic() + timeout
+    try:
+        while chief.popen.poll() is None and time.monotonic() < deadline:
+            try:
+                scrapes.append(prometheus_samples(scrape(port, timeout=5)))
+            except OSError:  # not serving yet, or gone
+                pass
+            last = scrapes[-1] if scrapes else {}
+            if paused is None and last.get(("ktc_search_trials_done", frozenset())) == MAX_TRIALS - 1:
+                lines = [json.loads(line) for line in open(journal).read().split("\n")[:-1]]  # whole lines
+                busy = {e["trial"]: e.get("worker") for e in lines if e["event"] in ("start", "end")}
+                running = [worker for worker in busy.values() if worker]  # start lines name their worker
+                if len(running) == 1:
+                    paused = next(w for n, w in enumerate(workers, 1) if f"worker-{n}" not in running)
+                    os.kill(paused.pid, signal.SIGSTOP)
+            if paused is not None and not resumed and last.get(("ktc_search_finished", frozenset())) == 1:
+                os.kill(paused.pid, signal.SIGCONT)
+                resumed = True
+            time.sleep(0.1)
+    finally:
+        if paused is not None and not resumed:
+            os.kill(paused.pid, signal.SIGCONT)
+    return scrapes
+
+
+def _metric(samples: dict, name: str, **labels) -> float:
+    return samples[(name, frozenset(labels.items()))]
 
 
 def test_every_process_exits_0(cluster):
@@ -127,6 +168,68 @@ def test_status_command_reports_the_finished_cluster(cluster):
     assert lines[2].split()[:5] == ["trial_id", "worker", "status", "score", "seconds"]
     assert len([line for line in lines if " COMPLETED " in line]) == MAX_TRIALS
     assert lines[-1] == "TF False"  # status needs no TensorFlow
+
+
+def test_metrics_scraped_during_the_search_agree_with_trials_csv_at_the_end(cluster):
+    # before the chief loaded its data and model it serves the RPC series only (at 0)
+    scrapes = [m for m in cluster["scrapes"] if ("ktc_search_trials_total", frozenset()) in m]
+    rows = list(csv.DictReader(open(cluster["tmp"] / "results" / "itest" / "trials.csv")))
+    best = json.load(open(cluster["tmp"] / "results" / "itest" / "best_hyperparameters.json"))
+    assert any(_metric(m, "ktc_trials", state="RUNNING") > 0 for m in scrapes), len(scrapes)  # during the search
+    assert max(_metric(m, "ktc_workers_registered") for m in scrapes) == 2
+    assert max(_metric(m, "ktc_workers_alive") for m in scrapes) == 2
+    done = [_metric(m, "ktc_search_trials_done") for m in scrapes]
+    assert done == sorted(done) and done[0] < MAX_TRIALS  # it only grows, from before the end
+    calls = [_metric(m, "ktc_rpc_duration_seconds_count", method="Heartbeat") for m in scrapes]
+    assert calls == sorted(calls) and calls[-1] > 0
+    final = scrapes[-1]  # the endpoint serves until the results are written: its last state is the end
+    assert _metric(final, "ktc_search_finished") == 1
+    assert _metric(final, "ktc_search_trials_done") == _metric(final, "ktc_search_trials_total") == len(rows)
+    statuses = collections.Counter(r["status"] for r in rows)
+    for state in set(statuses) | {"RUNNING", "COMPLETED", "FAILED", "INVALID"}:
+        assert _metric(final, "ktc_trials", state=state) == statuses[state], state
+    lost = sum(_metric(final, "ktc_attempts_lost_total", reason=r) for r in ("lease", "taken_over", "failure"))
+    assert lost == sum(int(r["attempts"]) - 1 for r in rows) == 0  # no attempt was lost here
+    assert _metric(final, "ktc_leases_expired_total") == 0 and _metric(final, "ktc_trials_queued") == 0
+    assert _metric(final, "ktc_best_score", objective="val_accuracy") == pytest.approx(best["score"])
+    assert _metric(final, "ktc_rpc_requests_total", method="EndTrial", code="OK") == len(rows)
+    assert _metric(final, "ktc_rpc_requests_total", method="Register", code="OK") >= 2
+    assert _metric(final, "ktc_rpc_duration_seconds_count", method="CreateTrial") >= len(rows) + 2  # + STOPPED
+    assert _metric(final, "ktc_storage_faults_total", what="journal") == 0
+
+
+def test_status_json_gives_the_tables_state_and_trials_csv(cluster):
+    import subprocess
+    import sys
+
+    from shared.results import cell
+    from tests.conftest import ROOT
+
+    env = cluster_env(cluster["tmp"], free_port())
+    code = ("import sys; from chief.__main__ import main; main(['status']); print('--'); rc = main(['status', '--json']); "
+            "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    table, rest = proc.stdout.split("\n--\n")
+    document_line, tf = rest.splitlines()
+    assert tf == "TF False"  # as `status`: no TensorFlow
+    document = json.loads(document_line)  # one line, strict JSON
+    rows = list(csv.DictReader(open(cluster["tmp"] / "results" / "itest" / "trials.csv")))
+    best = json.load(open(cluster["tmp"] / "results" / "itest" / "best_hyperparameters.json"))
+    assert document["progress"]["line"] == table.splitlines()[0]
+    assert {k: document["progress"][k] for k in ("done", "total", "completed", "failed", "queued", "finished")} == {
+        "done": MAX_TRIALS, "total": MAX_TRIALS, "completed": MAX_TRIALS, "failed": 0, "queued": 0, "finished": True}
+    assert document["objective"] == {"name": "val_accuracy", "direction": "max"}
+    assert document["best"]["trial_id"] == best["trial_id"] and document["best"]["score"] == best["score"]
+    assert document["best"]["hyperparameters"] == best["hyperparameters"]
+    assert [t["trial_id"] for t in document["trials"]] == [r["trial_id"] for r in rows]
+    table_rows = {line.split()[0]: line.split() for line in table.splitlines()[3:]}
+    for trial, row in zip(document["trials"], rows):
+        assert (trial["status"], trial["worker"], str(trial["attempts"])) == (row["status"], row["worker"],
+                                                                               row["attempts"])
+        assert trial["score"] == pytest.approx(float(row["score"]))
+        assert {k: cell(v) for k, v in trial["hyperparameters"].items()} == {k: row[k] for k in trial["hyperparameters"]}
+        assert table_rows[trial["trial_id"]][1:3] == [trial["worker"], trial["status"]]
 
 
 def test_best_model_is_saved_as_a_keras_file(cluster):

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The oldest version with every field used (Job podReplacementPolicy is GA in 1.34), and the newest.
 KUBERNETES_VERSIONS = ("1.34.0", "1.37.0")
 ORACLE_PORT = 8000
+METRICS_PORT = 9464
 
 
 def render(folder: str) -> list[dict]:
@@ -110,7 +111,7 @@ def test_exactly_one_chief_never_two_at_once(base):
 def test_the_oracle_service_is_internal(base):
     service = one(base, "Service", "ktcluster-chief")
     assert service["spec"]["type"] == "ClusterIP"
-    assert [p["port"] for p in service["spec"]["ports"]] == [ORACLE_PORT]
+    assert [p["port"] for p in service["spec"]["ports"]] == [ORACLE_PORT, METRICS_PORT]
     chief = one(base, "Job", "ktcluster-chief")
     assert labels_match(service["spec"]["selector"], chief["spec"]["template"]["metadata"]["labels"])
     for obj in base:
@@ -130,13 +131,33 @@ def test_only_worker_pods_reach_the_oracle_port(base):
     assert len(policies) == 1
     spec = policies[0]["spec"]
     assert spec["policyTypes"] == ["Ingress"]
-    (rule,) = spec["ingress"]
+    (rule,) = [r for r in spec["ingress"] if {"protocol": "TCP", "port": ORACLE_PORT} in r["ports"]]
     assert rule["ports"] == [{"protocol": "TCP", "port": ORACLE_PORT}]
     (source,) = rule["from"]
     assert set(source) == {"podSelector"}  # no namespaceSelector, no ipBlock
     selector = source["podSelector"]["matchLabels"]
     assert labels_match(selector, worker_labels)
     assert not labels_match(selector, tensorboard_labels) and not labels_match(selector, chief_labels)
+
+
+def test_the_metrics_port_is_annotated_for_prometheus_and_open_to_scrapers_only(base):
+    """The chief's metrics (KTC_METRICS_PORT): the usual prometheus.io pod annotations name the
+    port the container serves, the Service carries it, and the NetworkPolicy lets any namespace
+    (Prometheus's) in on that port alone; nothing is published outside the cluster."""
+    job = one(base, "Job", "ktcluster-chief")
+    chief = container(job)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                           "prometheus.io/path": "/metrics"}
+    assert env(chief, one(base, "ConfigMap", "ktcluster-settings"))["KTC_METRICS_PORT"] == str(METRICS_PORT)
+    (served,) = [p for p in chief["ports"] if p["name"] == "metrics"]
+    assert served["containerPort"] == METRICS_PORT and "hostPort" not in served
+    service = one(base, "Service", "ktcluster-chief")
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
+    assert (port["port"], port["targetPort"], service["spec"]["type"]) == (METRICS_PORT, "metrics", "ClusterIP")
+    (policy,) = [p for p in base if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] == "ktcluster-oracle"]
+    (rule,) = [r for r in policy["spec"]["ingress"] if {"protocol": "TCP", "port": METRICS_PORT} in r["ports"]]
+    assert rule["ports"] == [{"protocol": "TCP", "port": METRICS_PORT}] and rule["from"] == [{"namespaceSelector": {}}]
 
 
 def test_workers_are_an_indexed_job_whose_index_is_the_tuner_id(base):

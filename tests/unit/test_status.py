@@ -80,9 +80,10 @@ def _table(text):
     return lines[2].split(), lines[3:]
 
 
-def _mixed_search(tmp_path):
+def _mixed_search(tmp_path, as_document=False):
     """w1 completed a trial whose build used only `x`, w2 is running one, w3's failed with a long
-    traceback; returns (status text, the running trial's values)."""
+    traceback; returns (status text, the running trial's values), or with `as_document` (status
+    text, status --json's document, the running trial)."""
     oracle = cluster_oracle(kt.oracles.RandomSearchOracle, objective=kt.Objective("val_mae", "min"), max_trials=5,
                             seed=1, max_retries_per_trial=0)
     oracle.use_project(str(tmp_path), "proj")
@@ -107,7 +108,10 @@ def _mixed_search(tmp_path):
     reason = "Traceback (most recent call last):\n  ...\nValueError: " + "a very long reason " * 10
     c.end_trial(failed, Caller("w3", "w3", attempt), message=reason)
     c.close()
-    return status.render(status.snapshot(_settings(tmp_path))), oracle.trials[trials["w2"][0].trial_id]
+    snap = status.snapshot(_settings(tmp_path))
+    if as_document:
+        return status.render(snap), status.document(snap, "proj"), oracle.trials[trials["w2"][0].trial_id]
+    return status.render(snap), oracle.trials[trials["w2"][0].trial_id]
 
 
 def test_status_names_the_objectives_direction(tmp_path):
@@ -133,3 +137,31 @@ def test_a_running_trial_shows_only_the_values_every_completed_build_used(tmp_pa
     running = next(row for row in rows if " RUNNING " in row)
     x, y = running_trial.hyperparameters.values["x"], running_trial.hyperparameters.values["y"]
     assert f" {x} " in running and f" {y} " not in running, running
+
+
+def test_status_json_is_the_tables_state_as_one_object(tmp_path):
+    """`status --json`: the progress line's counts, every trial with the table's columns (the
+    failed trial's message whole), the best trial with the values its build used, strict JSON."""
+    import json
+
+    text, document, running = _mixed_search(tmp_path, as_document=True)
+    assert json.loads(json.dumps(document, allow_nan=False)) == document
+    assert document["progress"] == {"done": 2, "total": 5, "completed": 1, "failed": 1, "queued": 0,
+                                    "running": {"w2": running.trial_id}, "finished": False,
+                                    "eta_seconds": document["progress"]["eta_seconds"], "line": text.splitlines()[0]}
+    assert document["objective"] == {"name": "val_mae", "direction": "min"}
+    header, rows = _table(text)
+    assert [t["trial_id"] for t in document["trials"]] == [row.split()[0] for row in rows]
+    by_status = {t["status"]: t for t in document["trials"]}
+    assert set(by_status) == {"COMPLETED", "RUNNING", "FAILED"}
+    done = by_status["COMPLETED"]
+    assert (done["worker"], done["score"], done["attempts"]) == ("w1", 0.25, 1)
+    assert done["hyperparameters"]["y"] is None and done["hyperparameters"]["x"] is not None  # its build used x only
+    assert document["best"] == {"trial_id": done["trial_id"], "score": 0.25, "worker": "w1",
+                                "hyperparameters": {"x": done["hyperparameters"]["x"]}}
+    message = by_status["FAILED"]["message"]  # not cut to the table's width: as trials.csv has it
+    assert message.startswith("ValueError: a very long reason") and len(message) > status.MESSAGE_WIDTH
+    assert by_status["RUNNING"]["hyperparameters"] == {"x": running.hyperparameters.values["x"], "y": None}
+    for trial in document["trials"]:
+        row = next(r for r in rows if r.split()[0] == trial["trial_id"])
+        assert row.split()[1:3] == [trial["worker"], trial["status"]]
