@@ -6,7 +6,8 @@ serving (Compose's healthcheck)?
 Exit codes: 0 search finished (results written; a finished project is only reported, with the
 settings recorded for it), 1 runtime failure (e.g. the dataset could not be downloaded), 2 bad
 setting (one line naming it; also: another chief holds the project, or a setting the project
-cannot change was changed, one line each). A start that fails records why for the workers
+cannot change was changed, or a recorded hyperparameter's domain (chief.project.check_space), one
+line each). A start that fails records why for the workers
 (shared.layout.CHIEF_FAILED), so they exit with this reason and code instead of waiting. A chief
 that lost its project to another chief (paused or cut off past its lease) exits 1 at once.
 """
@@ -122,11 +123,7 @@ def _hold_and_serve(settings, server, port, metrics) -> int:
     try:  # one chief per project; settings the project cannot change (chief.project)
         held = project.take(settings)
     except project.Refused as exc:  # a chief that holds the project: no failure record (its workers need it)
-        if exc.record:
-            _record_failure(settings, exc.code, str(exc))
-        for line in exc.lines:
-            _fail(exc.code, line)
-        return exc.code
+        return _refused(settings, exc)
     try:
         return _serve(settings, server, port, metrics)
     finally:
@@ -138,10 +135,14 @@ def _serve(settings, server, port, metrics=None) -> int:
     (chief.metrics.Endpoint) watches the coordinator and serves until the report is written."""
     from chief import finished, progress, startup
 
+    from chief import project
+
     try:
         coordinator, build_model = startup.start(settings)
     except startup.StartFailed as exc:
         return _start_failed(settings, exc.code, str(exc))
+    except project.Refused as exc:  # a search space the project cannot take (chief.project.check_space)
+        return _refused(settings, exc)
     except Exception as exc:  # a bug: the workers hear of it, the traceback stays here
         _record_failure(settings, 1, f"unexpected error at start: {type(exc).__name__}: {exc}")
         raise
@@ -197,6 +198,15 @@ def _record_failure(settings, code: int, message: str) -> None:
         layout.write_chief_failure(settings.project_state_dir, message, code)
     except OSError as exc:
         log.warning("could not record the failed start for the workers in %s (%s)", settings.project_state_dir, exc)
+
+
+def _refused(settings, exc) -> int:
+    """A chief.project.Refused start: its record for the workers if it asks for one, one line each."""
+    if exc.record:
+        _record_failure(settings, exc.code, str(exc))
+    for line in exc.lines:
+        _fail(exc.code, line)
+    return exc.code
 
 
 def _start_failed(settings, code: int, message: str) -> int:

@@ -1,5 +1,6 @@
 """A finished project: told apart from one to run before anything heavy is loaded, and reported
-from its files with the settings recorded for it."""
+from its files with the settings recorded for it; its finished marker is then confirmed for the
+workers started with this chief (shared.layout.FinishedWatch)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,28 @@ def finished_record(settings):
 def report_finished(settings, record) -> None:
     """A finished project's results and final line, from its files and recorded settings (no data
     or model is loaded; best_model.keras is the one written when it finished). Raises
-    chief.startup.StartFailed (code 1, one line) when its state or results cannot be had."""
+    chief.startup.StartFailed (code 1, one line) when its state or results cannot be had.
+    Whatever the report's outcome, the finished marker is then confirmed (`confirm_finished`)."""
+    try:
+        _report(settings, record)
+    finally:
+        confirm_finished(settings)
+
+
+def confirm_finished(settings) -> None:
+    """Tell the workers started with this chief that the search is over: they wait for the chief's
+    word on a project marked finished (shared.layout.FinishedWatch) and exit 0 on seeing the marker
+    written again. Best effort: workers that miss it exit 0 after KTC_CHIEF_TIMEOUT_SECONDS."""
+    from shared import layout
+
+    try:
+        layout.confirm_finished(settings.project_state_dir)
+    except OSError as exc:
+        log.warning("could not confirm the finished marker of project %s for the workers (%s): they exit after "
+                    "KTC_CHIEF_TIMEOUT_SECONDS", settings.project, exc)
+
+
+def _report(settings, record) -> None:
     from chief import progress, status
     from chief.journal import JournalCorrupt
     from chief.startup import StartFailed

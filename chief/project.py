@@ -10,10 +10,20 @@ the settings it was started with where those cannot change.
 - checks the settings against the project's record (chief.status.SearchRecord, written at the
   first start): a setting the project cannot change refuses the start, one line each, exit 2;
   a setting that may change is applied and logged once (`KTC_MAX_TRIALS 10 -> 12 (applied)`).
+
+`check_space(settings, recorded, today)` (chief.startup.start, once the oracle is restored, before
+today's space is merged into it): the search space is part of what a project is. A hyperparameter
+the project recorded (oracle.json) whose domain differs today (type, range, step, sampling,
+values) refuses the start, one line each (exit 2, a failure record for the workers): KerasTuner
+would go on drawing from the recorded domain and never say so. New hyperparameters are added (one
+line); a changed default is kept as recorded (it does not change what is searched; one line);
+recorded ones that today's build does not draw are kept (they may be drawn in `fit`, in
+`run_trial` or in branches this build did not take).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -152,3 +162,87 @@ def check_settings(settings, recorded: dict, direction) -> tuple[list[str], list
         if old is not None and not isinstance(old, bool) and isinstance(old, (int, float)) and old != now:
             applied.append(f"{setting} {_shown(old)} -> {_shown(now)} (applied)")
     return refused, applied
+
+
+# -- the search space -----------------------------------------------------------------------------
+_NOT_DOMAIN = ("name", "default", "conditions")  # a hyperparameter's config keys that are not its domain
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceChanges:
+    """Today's space against the recorded one: `changed` (name, old domain, new domain) for each
+    hyperparameter in both whose domain differs; `added`: names only today has; `defaults`:
+    (name, old default, new default) for a domain kept with another default."""
+
+    changed: list[tuple[str, str, str]]
+    added: list[str]
+    defaults: list[tuple[str, object, object]]
+
+
+def _key(hp) -> tuple:
+    """A hyperparameter's identity as KerasTuner keeps it (`HyperParameters._exists`): its name and
+    conditions (a name may be declared under several conditions)."""
+    return hp.name, repr([c.get_config() for c in hp.conditions])
+
+
+def _domain(hp) -> dict:
+    return {"type": type(hp).__name__,
+            **{k: v for k, v in hp.get_config().items() if k not in _NOT_DOMAIN}}
+
+
+def describe(hp, fields=()) -> str:
+    """A domain in one short form: `Int(16..64)`, `Int(16..64, step 16)`, `Float(0.0001..0.01, log)`,
+    `Choice('relu', 'tanh')`, `Boolean`, `Fixed(3)`; `fields`: config keys to show as well."""
+    config, kind = hp.get_config(), type(hp).__name__
+    if "min_value" in config:
+        parts = [f"{config['min_value']}..{config['max_value']}"]
+        if config.get("step") not in (None, 1):
+            parts.append(f"step {config['step']}")
+        if config.get("sampling") not in (None, "linear"):
+            parts.append(str(config["sampling"]))
+    elif "values" in config:
+        parts = [repr(v) for v in config["values"]]
+    elif "value" in config:
+        parts = [repr(config["value"])]
+    else:
+        parts = []
+    parts += [f"{k}={config[k]!r}" for k in fields if k in config]
+    return f"{kind}({', '.join(parts)})" if parts else kind
+
+
+def compare_spaces(recorded, today) -> SpaceChanges:
+    """Compare two `keras_tuner.HyperParameters` (see the module docstring for what counts)."""
+    before = {_key(hp): hp for hp in recorded.space}
+    changed, added, defaults = [], [], []
+    for hp in today.space:
+        old = before.get(_key(hp))
+        if old is None:
+            added.append(hp.name)
+            continue
+        was, now = _domain(old), _domain(hp)
+        if was != now:
+            shown = (describe(old), describe(hp))
+            if shown[0] == shown[1]:  # they differ in a field the short form leaves out
+                fields = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+                shown = (describe(old, fields), describe(hp, fields))
+            changed.append((hp.name, *shown))
+        elif getattr(old, "default", None) != getattr(hp, "default", None):
+            defaults.append((hp.name, old.default, hp.default))
+    return SpaceChanges(changed, added, defaults)
+
+
+def check_space(settings, recorded, today) -> None:
+    """Refuse the start (Refused: exit 2, one line per changed hyperparameter, a failure record)
+    when today's space changes the domain of a hyperparameter the project recorded; log what is
+    added and what is kept. `recorded`: the restored oracle's space; `today`: the explored one."""
+    changes = compare_spaces(recorded, today)
+    if changes.changed:
+        project = settings.project
+        raise Refused(2, [f"KTC_MODEL: hyperparameter {name!r} was {old}, is now {new}: project {project} searched "
+                          f"{old} (its trials and oracle.json); start a new KTC_PROJECT to search a different "
+                          "space, or change the model back" for name, old, new in changes.changed], record=True)
+    if recorded.space and changes.added:
+        log.info("KTC_MODEL: added to project %s's search space: %s", settings.project, ", ".join(changes.added))
+    for name, old, new in changes.defaults:
+        log.info("KTC_MODEL: hyperparameter %r default %r -> %r: the recorded default %r is kept (a default does "
+                 "not change what is searched)", name, old, new, old)

@@ -52,7 +52,8 @@ def prepare(settings):
 
 def start(settings):
     """Data, model, oracle and the project's state, ready to serve: (coordinator, build_model).
-    Raises StartFailed with the code and line for any failure."""
+    Raises StartFailed with the code and line for any failure; chief.project.Refused for a search
+    space that changes a recorded hyperparameter's domain."""
     from chief import progress
     from chief.coordinator import Coordinator
     from chief.journal import JournalCorrupt
@@ -78,6 +79,9 @@ def start(settings):
         raise StartFailed(1, f"KTC_PROJECT={settings.project}: {exc}{fix}") from None
     if oracle.trials:
         log.info("resumed project %s: %d trials on record", settings.project, len(oracle.trials))
+    from chief import project
+
+    project.check_space(settings, oracle.get_space(), space)  # a changed domain refuses the start (exit 2)
     oracle.update_space(space)  # the whole space, before any trial: no branch is discovered late
     try:
         coordinator.save_state()

@@ -12,7 +12,7 @@ the previous one was taken away or ended for a retry, and none after one is acce
 accepted attempt of a completed trial is its highest-numbered folder.
 
 Functions here compute paths and read the folder; none creates anything, except the chief's
-record of a failed start (below).
+record of a failed start and its re-confirmation of a finished project (below).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def finished_marker(project_state_dir: str) -> str:
 
 
 def search_finished(project_state_dir: str) -> bool:
-    """True when the chief has marked this project's search as over."""
+    """True when the project is marked finished. A worker decides with `FinishedWatch` instead: a
+    marker it found as it started may be one that a chief is about to remove (see below)."""
     return os.path.exists(finished_marker(project_state_dir))
 
 
@@ -206,11 +207,7 @@ class ChiefFailureWatch:
         self._first = self._identity()
 
     def _identity(self):
-        try:
-            st = os.stat(chief_failed_path(self.project_state_dir))
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+        return _identity(chief_failed_path(self.project_state_dir))
 
     def check(self) -> ChiefFailure | None:
         seen = self._identity()
@@ -231,3 +228,65 @@ def chief_failure_watch(project_state_dir: str) -> ChiefFailureWatch:
     if key not in _watches:
         _watches[key] = ChiefFailureWatch(project_state_dir)
     return _watches[key]
+
+
+def _identity(path: str):
+    """What tells one version of a file from another without comparing clocks: a file rewritten
+    with a temporary file and a rename (shared.atomic) is a new inode with a new mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# -- a finished project ---------------------------------------------------------------------------
+# Contract. FINISHED_MARKER, found as a worker starts, is a claim about the past: a chief started
+# with it may only report the project (then the search is over) or continue it (KTC_MAX_TRIALS
+# raised: the chief removes the marker once its start is done, before it serves). So a worker
+# treats the marker as final only when a chief wrote it after the worker began watching: a search
+# that ended meanwhile, or a chief that only reports the project and re-confirms the marker
+# (`confirm_finished`, a new file) before it exits. A marker unchanged since the worker's first
+# look is final only once the chief cannot be reached for KTC_CHIEF_TIMEOUT_SECONDS.
+
+def confirm_finished(project_state_dir: str) -> None:
+    """Chief only, reporting a finished project: rewrite the marker (same content, a new file), so
+    that workers started with this chief know the search is over. Raises OSError."""
+    path = finished_marker(project_state_dir)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read(1_000_000)
+    write_text_atomic(path, text)
+
+
+class FinishedWatch:
+    """A worker's view of FINISHED_MARKER from the moment it starts (no clocks compared)."""
+
+    def __init__(self, project_state_dir: str):
+        self.project_state_dir = project_state_dir
+        self._first = _identity(finished_marker(project_state_dir))
+
+    @property
+    def marked_at_start(self) -> bool:
+        """The marker was there at the first look (it may be withdrawn by a continuing chief)."""
+        return self._first is not None
+
+    def final(self) -> bool:
+        """The marker is there and was written after the first look: the search is over."""
+        seen = _identity(finished_marker(self.project_state_dir))
+        return seen is not None and seen != self._first
+
+    def withdrawn(self) -> bool:
+        """The marker found at the first look is gone: a chief continues the project."""
+        return self._first is not None and _identity(finished_marker(self.project_state_dir)) is None
+
+
+_finished_watches: dict[str, FinishedWatch] = {}
+
+
+def finished_watch(project_state_dir: str) -> FinishedWatch:
+    """The process's one FinishedWatch of this project (made at the first call: a worker calls
+    this first thing, so "after the first look" means after the worker started)."""
+    key = os.path.abspath(project_state_dir)
+    if key not in _finished_watches:
+        _finished_watches[key] = FinishedWatch(project_state_dir)
+    return _finished_watches[key]

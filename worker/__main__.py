@@ -3,12 +3,19 @@
 Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
 2 bad setting (one line naming it). A chief that recorded a failed start
 (shared.layout.CHIEF_FAILED) ends a waiting worker with the chief's own code and reason.
+
+A project marked finished when the worker starts is not over yet for it: a chief started with it
+may continue it (KTC_MAX_TRIALS raised). The worker waits for the chief's word before it loads
+anything (`_await_chief`, shared.layout.FinishedWatch): the marker withdrawn (go on), re-confirmed
+(exit 0), a failed start (the chief's code), or no chief within KTC_CHIEF_TIMEOUT_SECONDS (exit 0).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 
 from shared import config as config_module
 from shared.config import ConfigError
@@ -37,6 +44,11 @@ def main() -> int:
     # Watch for the chief's record of a failed start from now: one written while we start up
     # (TensorFlow's import, the data) ends our first wait at once (see layout.ChiefFailureWatch).
     watch = layout.chief_failure_watch(settings.project_state_dir)
+    finished = layout.finished_watch(settings.project_state_dir)  # its first look: "finished" before we started
+    if finished.marked_at_start:
+        code = _await_chief(settings, tuner_id, finished, watch)
+        if code is not None:
+            return code
 
     from shared import data, devices, hypermodels
     from shared.data import DataError
@@ -59,9 +71,6 @@ def main() -> int:
 
     from worker import runner
 
-    if _search_finished(settings):
-        log.info("%s: project %s is already finished; nothing to do", tuner_id, settings.project)
-        return 0
     try:
         dataset = data.load(settings.dataset, settings.data_dir, wait=settings.chief_timeout_seconds,
                             between=chief_gave_up)
@@ -77,7 +86,7 @@ def main() -> int:
     except SettingsMismatch as exc:
         return _fail(2, f"{tuner_id}: {exc}")
     except ChiefFailed as exc:
-        if _search_finished(settings):  # a finished project's report failed: the search is over all the same
+        if finished.final():  # a finished project's report failed: the search is over all the same
             log.info("%s: project %s is finished; exiting", tuner_id, settings.project)
             return 0
         return _fail(exc.code, f"{tuner_id}: {exc}")
@@ -92,6 +101,37 @@ def main() -> int:
         return _fail(1, f"{tuner_id}: {exc}")
     log.info("%s: no trials left, exiting", tuner_id)
     return 0
+
+
+AWAIT_POLL_SECONDS = 0.25  # how often a worker on a project marked finished looks for the chief's word
+
+
+def _await_chief(settings, tuner_id: str, finished, failures) -> int | None:
+    """The project was marked finished as this worker started: wait for the chief's word before
+    loading anything. None: go on (a chief continues the project: it withdrew the marker); else the
+    exit code: 0 when the marker is written again (the chief only reports the project, or a search
+    ended meanwhile) or still unchanged after KTC_CHIEF_TIMEOUT_SECONDS (no chief continued it);
+    the chief's own code when it records a failed start."""
+    project, wait = settings.project, settings.chief_timeout_seconds
+    log.info("%s: project %s is marked finished: waiting for the chief to continue it (e.g. KTC_MAX_TRIALS "
+             "raised) or to report it, up to %.0fs (KTC_CHIEF_TIMEOUT_SECONDS)", tuner_id, project, wait)
+    deadline, pause = time.monotonic() + wait, threading.Event()
+    while True:
+        if finished.final():
+            log.info("%s: project %s is already finished (its chief says so); nothing to do", tuner_id, project)
+            return 0
+        if finished.withdrawn():
+            log.info("%s: the chief continues project %s", tuner_id, project)
+            return None
+        failure = failures.check()
+        if failure is not None:
+            return _fail(failure.code, f"{tuner_id}: the chief could not start (it exited {failure.code}): "
+                                       f"{failure.reason}")
+        if time.monotonic() >= deadline:
+            log.info("%s: project %s is finished and no chief continued it within %.0fs "
+                     "(KTC_CHIEF_TIMEOUT_SECONDS); nothing to do", tuner_id, project, wait)
+            return 0
+        pause.wait(AWAIT_POLL_SECONDS)
 
 
 def _search_finished(settings) -> bool:

@@ -72,7 +72,8 @@ class ChiefFailed(kt_errors.FatalError):
 
 
 class SearchFinished(kt_errors.FatalError):
-    """Fatal (ends `search`): the chief is gone and its finished marker says the search is over."""
+    """Fatal (ends `search`): the chief is gone and its finished marker, written since this worker
+    started (shared.layout.FinishedWatch), says the search is over."""
 
 
 class Backoff:
@@ -188,7 +189,7 @@ class ChannelMixin:
                 if not retryable or self._stopping.is_set():
                     raise
                 self._check_setup(exc)
-                if layout.search_finished(self.project_state_dir):
+                if layout.finished_watch(self.project_state_dir).final():
                     raise SearchFinished(f"chief at {self.address} unreachable ({code.name}) and the "
                                          "search is marked finished") from None
                 failure = self._chief_failure.check()

@@ -15,8 +15,8 @@ when told IDLE and never says who it is. This client:
   answer that an attempt was taken away: `is_lost(trial_id)` turns True, nothing more
   is sent for it (UpdateTrial raises AttemptLost, EndTrial is skipped);
 - ends the search without waiting on a chief it no longer needs: after a heartbeat
-  said `finished`, or when the chief is unreachable and the finished marker exists
-  (SearchFinished, at once);
+  said `finished`, or when the chief is unreachable and the finished marker was written
+  since this worker started (shared.layout.FinishedWatch; SearchFinished, at once);
 - stops waiting for a chief that will not come (worker.channel: ChiefFailed, TLSMismatch), each
   within a retry or two instead of KTC_CHIEF_TIMEOUT_SECONDS;
 - turns a progress report the chief refuses as malformed (INVALID_ARGUMENT: a NaN or infinite
@@ -92,6 +92,7 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
         self._dial()  # TLSError if KTC_TLS_DIR is unusable
         self.project_state_dir = project_state_dir
         self._chief_failure = layout.chief_failure_watch(project_state_dir)
+        layout.finished_watch(project_state_dir)  # "finished" counts only if written after this (or the worker's start)
         self._protocol_known = False  # a speaks_tls probe reached the chief (probed until one does)
         self._retry_lines = new_retry_lines()
         self.instance = secrets.token_hex(16)  # this process's secret token: never logged
@@ -184,7 +185,7 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
                     unheard_since = sent
                     log.warning("%s: heartbeat unanswered (%s); training goes on", self.tuner_id, exc.code().name)
                 self._redial()
-                if layout.search_finished(self.project_state_dir):
+                if layout.finished_watch(self.project_state_dir).final():
                     self._search_over("the chief is unreachable and the search is marked finished")
                 continue
             if unheard_since is not None:

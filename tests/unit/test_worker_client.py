@@ -133,6 +133,19 @@ def test_unreachable_chief_with_finished_marker_stops_at_once(make, tmp_path):
     assert time.monotonic() - started < 5  # not KTC_CHIEF_TIMEOUT_SECONDS (60)
 
 
+def test_a_marker_older_than_the_worker_does_not_end_its_wait_for_the_chief(make, tmp_path):
+    """A chief started with a finished project may be about to continue it (KTC_MAX_TRIALS raised):
+    only a marker written after the worker started counts (shared.layout.FinishedWatch)."""
+    from worker.client import ChiefUnreachable
+
+    (tmp_path / layout.FINISHED_MARKER).write_text("{}\n")
+    chief, client = make(after=IDLE, timeout=2)
+    chief.stop()
+    with pytest.raises(ChiefUnreachable):
+        client.create_trial("worker-1")
+    assert not client.finished.is_set()
+
+
 def test_unreachable_chief_without_marker_still_gives_up_after_the_timeout(make):
     from worker.client import ChiefUnreachable
 
