@@ -108,7 +108,7 @@ def _serve(settings, server, port) -> int:
     from chief import finished, progress, startup
 
     try:
-        coordinator, build_model = startup.start(settings)
+        coordinator, hypermodel = startup.start(settings)
     except startup.StartFailed as exc:
         return _start_failed(settings, exc.code, str(exc))
     except Exception as exc:  # a bug: the workers hear of it, the traceback stays here
@@ -138,15 +138,15 @@ def _serve(settings, server, port) -> int:
     snap = coordinator.snapshot()
     try:
         coordinator.close()
-        log.info(progress.final_report(snap, settings.project_results_dir))
+        model_note = (startup.save_best_model(snap.best, snap.runs[snap.best.trial_id].accepted, hypermodel, settings)
+                      if snap.best is not None else "no best_model.keras (no trial completed)")
+        log.info(progress.final_report(snap, settings.project_results_dir, model_note))
     except StorageUnavailable as exc:
         return _fail(1, f"the last results could not be stored ({exc}): no worker was told they were; free space, "
                         "then start the chief again: those trials run again")
     except OSError as exc:
         return _fail(1, f"writing the state or results files failed ({exc}); the journal holds every result: "
                         "free space, then start the chief again to write them")
-    if snap.best is not None:
-        startup.save_best_model(snap.best, snap.runs[snap.best.trial_id].accepted, build_model, settings)
     finished.give_results_away(settings)
     if snap.fatal:
         return _fail(1, f"search stopped: {snap.fatal}")
