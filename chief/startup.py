@@ -94,7 +94,7 @@ def start(settings):
     try:
         coordinator.save_state()
         hparams_config = HParamsConfig(settings, metrics, hypermodel, oracle)
-        hparams_config.write(oracle)
+        hparams_config.start(oracle, defer=may_grow(settings, hypermodel) and not oracle.trials)
         oracle.on_end = hparams_config  # a trial that brings a hyperparameter or metric declares it
         if not coordinator.finished.is_set():  # the search as it runs, for `python -m chief status`
             from chief.status import record_search
@@ -120,8 +120,12 @@ def model_metrics(space, build_model, dataset) -> list[str] | None:
 class HParamsConfig:
     """TensorBoard's HParams experiment config, kept in step with what the chief learns.
 
-    Written at start from the declared space and the model's metrics (`write`); called as the
-    oracle's `on_end` after every trial's end, it writes the config again only when that end grew
+    Written at start from the declared space and the model's metrics (`start`), or, for a new
+    project whose trials may draw hyperparameters outside the build (`may_grow`), when its first
+    trial ends: a running TensorBoard reads an experiment config once, the first it finds, so
+    until then it shows every value the sessions carry, with domains it infers, rather than a
+    config that lacks the fit-time columns. Called as the oracle's `on_end` after every trial's
+    end, it writes the config again only when that end grew
     the space (a hyperparameter first drawn in HyperModel.fit or a Tuner's run_trial: stock's
     end_trial merges the trial's hyperparameters) or brought a metric not declared yet (a
     run_trial's own dict); otherwise it costs two comparisons. The hyperparameters every build
@@ -138,6 +142,13 @@ class HParamsConfig:
         self.metrics, self.extra = metrics, []  # extra: metrics learnt from trials, declared as named
         self.always = hparams.always_used(hypermodel.build, oracle.get_space()) if hypermodel is not None else []
         self.size, self.declared = -1, set()
+
+    def start(self, oracle, defer: bool) -> None:
+        if defer:
+            log.info("HParams config: written when the first trial ends (trials may draw hyperparameters "
+                     "outside the model's build)")
+        else:
+            self.write(oracle)
 
     def write(self, oracle) -> None:
         from shared import hparams
@@ -159,6 +170,15 @@ class HParamsConfig:
             self.write(oracle)
         except OSError as exc:  # the search goes on; TensorBoard lacks the new columns until the next write
             log.warning("could not rewrite the HParams config (%s)", exc)
+
+
+def may_grow(settings, hypermodel) -> bool:
+    """Whether trials may draw hyperparameters a dry build cannot see: a HyperModel with its own
+    fit, a KTC_TUNER class (its run_trial), or no model."""
+    from shared import hypermodels, tuning
+
+    return (hypermodel is None or hypermodels.overrides_fit(hypermodel)
+            or tuning.resolve_tuner(settings.tuner).user_class is not None)
 
 
 def save_best_model(best, attempt, hypermodel, settings) -> str:

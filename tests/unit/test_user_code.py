@@ -201,6 +201,19 @@ def test_recording_a_whole_attempt_sees_fit_time_hyperparameters(user):
     assert used == {"units", "batch_size"} and hp.values["batch_size"] == 16
 
 
+def test_the_hparams_config_may_grow_only_with_user_training_code(user):
+    from chief.startup import may_grow
+
+    for model, tuner, grows in (("", "random", False), ("user_code:build_model", "random", False),
+                                ("user_code:Training", "random", True), ("user_code:build_model", "user_code:Search", True),
+                                ("none", "user_code:Anything", True)):
+        assert may_grow(_settings(KTC_TUNER=tuner), hypermodels.resolve(model, _Digits)) == grows, (model, tuner)
+
+
+class _Digits:
+    input_shape, num_classes = (8, 8, 1), 10
+
+
 def test_the_hparams_config_grows_with_what_trials_bring(tmp_path):
     from chief.startup import HParamsConfig
 
@@ -210,12 +223,14 @@ def test_the_hparams_config_grows_with_what_trials_bring(tmp_path):
     oracle.update_space(space)
     settings = _settings(KTC_LOG_DIR=str(tmp_path), KTC_PROJECT="p")
     config_writer = HParamsConfig(settings, None, None, oracle)
-    config_writer.write(oracle)
-    assert config_writer.declared == {"score"}
+    config_writer.start(oracle, defer=True)  # a new project that may grow: written at the first end
+    assert not (tmp_path / "p").exists()
     grown = space.copy()
     grown.Choice("batch_size", [16, 32])
     trial = kt.engine.trial.Trial(grown, trial_id="0")
     trial.metrics.update("score", 1.0)
+    config_writer(oracle, trial)
+    assert config_writer.size == 1 and config_writer.declared == {"score"} and list((tmp_path / "p").iterdir())
     config_writer(oracle, trial)  # nothing new: the config is not written again
     assert config_writer.size == 1
     oracle.update_space(grown)
