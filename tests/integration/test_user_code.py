@@ -21,6 +21,7 @@ import subprocess
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+from tensorboard.util import tensor_util
 
 from shared import hparams
 from tests.conftest import ROOT
@@ -165,9 +166,16 @@ def test_tune_anything_with_no_model(tmp_path):
     assert not os.path.exists(search["results"] / "best_model.keras")
     domains, metrics = _config(search)
     assert domains["x"] == (-1.0, 1.0) and metrics == ["trial/score"]
-    for row in rows:  # an HParams session per attempt, though no Keras fit ran
+    for row in rows:  # an HParams session per attempt, though no Keras fit ran, with its x and its score
         run = search["tmp"] / "logs" / PROJECT / row["trial_id"] / "execution0"
-        assert glob.glob(str(run / f"events.out.tfevents.*{hparams.SESSION_SUFFIX}")), run
+        [session] = glob.glob(str(run / f"events.out.tfevents.*{hparams.SESSION_SUFFIX}"))
+        values = {v.tag: v for event in EventFileLoader(session).Load() for v in event.summary.value}
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            values[metadata.SESSION_START_INFO_TAG].metadata.plugin_data.content).session_start_info
+        assert start.hparams["x"].number_value == pytest.approx(float(row["x"]))
+        assert start.hparams["status"].string_value == "completed"
+        score = tensor_util.make_ndarray(values[hparams.metric_tag("score")].tensor).item()
+        assert score == pytest.approx(float(row["score"]), rel=1e-5)
 
 
 def test_bad_user_code_exits_2_with_one_line(tmp_path):

@@ -63,6 +63,21 @@ class Unnamed(keras_tuner.Tuner):
         return 1.0
 
 
+def compiled(hp):
+    hp.Int("units", 4, 8)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+class OwnScore(keras_tuner.HyperModel):
+    def build(self, hp):
+        return compiled(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        return {"agreement": 1.0}
+
+
 NUMBER = 3
 
 
@@ -239,3 +254,25 @@ def test_the_hparams_config_grows_with_what_trials_bring(tmp_path):
     assert config_writer.size == 2 and config_writer.declared == {"score", "spread"}
     names = hparams.declared_metrics([], oracle.objective, config_writer.extra)
     assert names == ["score", "spread"]
+
+
+@pytest.mark.parametrize("model,tuner,refused", [
+    ("user_code:compiled", "random", True),  # only Keras's fit reports: refused at start, as before
+    ("user_code:OwnScore", "random", False),  # its fit may report the objective itself
+    ("user_code:compiled", "user_code:Search", False),  # a Tuner class's run_trial decides: no dry run
+    ("none", "user_code:Anything", False),
+])
+def test_the_objective_is_refused_only_when_nothing_but_kerass_fit_can_report_it(user, tmp_path, model, tuner, refused):
+    from chief.startup import StartFailed, prepare
+
+    dirs = {f"KTC_{name}_DIR": str(tmp_path / name.lower()) for name in ("STATE", "LOG", "DATA", "RESULTS")}
+    settings = config.load({**dirs, "KTC_DATASET": "digits", "KTC_MODEL": model, "KTC_TUNER": tuner,
+                            "KTC_OBJECTIVE": "agreement:max"}, role="chief")
+    if refused:
+        with pytest.raises(StartFailed) as err:
+            prepare(settings)
+        assert err.value.code == 2 and str(err.value).startswith("KTC_OBJECTIVE=agreement: the model does not report it")
+    else:
+        dataset, hypermodel, oracle, space, metrics = prepare(settings)
+        assert oracle.objective.name == "agreement" and (hypermodel is None) == (model == "none")
+        assert [hp.name for hp in space.space] == ([] if model == "none" else ["units"])
