@@ -168,8 +168,9 @@ class HParamsConfig:
         self.extra += new
         try:
             self.write(oracle)
-        except OSError as exc:  # the search goes on; TensorBoard lacks the new columns until the next write
-            log.warning("could not rewrite the HParams config (%s)", exc)
+        except Exception as exc:  # inside end_trial: the result is recorded; only the new columns wait
+            log.warning("could not rewrite the HParams config (%s: %s); it is written again when a trial brings "
+                        "something new", type(exc).__name__, exc)
 
 
 def may_grow(settings, hypermodel) -> bool:
