@@ -138,7 +138,7 @@ def _serve(settings, server, port, metrics=None) -> int:
     from chief import project
 
     try:
-        coordinator, build_model = startup.start(settings)
+        coordinator, hypermodel = startup.start(settings)
     except startup.StartFailed as exc:
         return _start_failed(settings, exc.code, str(exc))
     except project.Refused as exc:  # a search space the project cannot take (chief.project.check_space)
@@ -172,15 +172,15 @@ def _serve(settings, server, port, metrics=None) -> int:
     snap = coordinator.snapshot()
     try:
         coordinator.close()
-        log.info(progress.final_report(snap, settings.project_results_dir))
+        model_note = (startup.save_best_model(snap.best, snap.runs[snap.best.trial_id].accepted, hypermodel, settings)
+                      if snap.best is not None else "no best_model.keras (no trial completed)")
+        log.info(progress.final_report(snap, settings.project_results_dir, model_note))
     except StorageUnavailable as exc:
         return _fail(1, f"the last results could not be stored ({exc}): no worker was told they were; free space, "
                         "then start the chief again: those trials run again")
     except OSError as exc:
         return _fail(1, f"writing the state or results files failed ({exc}); the journal holds every result: "
                         "free space, then start the chief again to write them")
-    if snap.best is not None:
-        startup.save_best_model(snap.best, snap.runs[snap.best.trial_id].accepted, build_model, settings)
     finished.give_results_away(settings)
     if snap.fatal:
         return _fail(1, f"search stopped: {snap.fatal}")

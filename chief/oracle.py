@@ -77,6 +77,10 @@ class ClusterOracleMixin:
     journal = None  # chief.journal.RunJournal
     writer = None  # chief.statefiles.StateWriter
     failure_streak: str | None = None  # set when max_consecutive_failed_trials were reached
+    #: called as on_end(oracle, trial) after a trial's end is recorded (its hyperparameters merged
+    #: into the space by stock's end_trial: those first drawn in fit or run_trial arrive here);
+    #: chief.startup sets it to keep the HParams config in step. It must not raise.
+    on_end = None
 
     def attach(self, journal, writer) -> None:
         self.journal, self.writer = journal, writer
@@ -161,6 +165,8 @@ class ClusterOracleMixin:
                     f"{self.objective.name} (reported: {', '.join(sorted(recorded))[:200] or 'nothing'}); report "
                     "it first, or end the attempt FAILED")
         super().end_trial(trial)
+        if self.on_end is not None:
+            self.on_end(self, self.trials[trial.trial_id])
 
     def release_lock_after_error(self) -> None:
         """A stock `@synchronized` method raised in this thread: release the lock it kept."""

@@ -276,7 +276,8 @@ def write_results(snap: Snapshot, results_dir: str) -> dict:
     return best_record
 
 
-def final_report(snap: Snapshot, results_dir: str) -> str:
+def final_report(snap: Snapshot, results_dir: str, model_note: str = "") -> str:
+    """Write the results; return the final line (`model_note`: what became of best_model.keras)."""
     best = write_results(snap, results_dir)
     s = summary(snap)
     failed = [f"{t.trial_id} ({(snap.runs[t.trial_id].message if t.trial_id in snap.runs else '') or 'no message'})"
@@ -284,4 +285,5 @@ def final_report(snap: Snapshot, results_dir: str) -> str:
     return (f"search {'STOPPED' if snap.fatal else 'finished'}: {s.completed} completed, "
             f"{s.failed} failed{': ' + '; '.join(failed) if failed else ''} of {len(snap.trials)}; "
             f"best {best['objective']}={best['score']} (trial {best['trial_id']}) "
-            f"{json.dumps(results.json_safe(best['hyperparameters']), sort_keys=True)}; results in {results_dir}")
+            f"{json.dumps(results.json_safe(best['hyperparameters']), sort_keys=True)}; results in {results_dir}"
+            + (f"; {model_note}" if model_note else ""))

@@ -52,9 +52,13 @@ FIRST_FIELDS = ("tuner", "max_trials", "epochs", "objective", "direction", "data
 def record_search(settings, oracle, fsync: bool = True) -> SearchRecord:
     """Chief, before it serves a search (a resumed one runs with the settings given now, which
     chief.project checked against the record): write the record atomically into the project's
-    state dir, which must exist. Returns the record."""
+    state dir, which must exist. Returns the record. `tuner` is KTC_TUNER as given (a built-in
+    name or module:Class); `max_trials` is None when its algorithm is hyperband."""
+    from shared.tuning import resolve_tuner
+
+    hyperband = resolve_tuner(settings.tuner).algorithm == "hyperband"
     record = SearchRecord(tuner=settings.tuner,
-                          max_trials=settings.max_trials if settings.tuner != "hyperband" else None,
+                          max_trials=None if hyperband else settings.max_trials,
                           epochs=settings.epochs, objective=oracle.objective.name,
                           direction=oracle.objective.direction, dataset=settings.dataset,
                           model=settings.model, seed=settings.seed, lease_seconds=settings.lease_seconds,

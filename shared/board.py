@@ -82,9 +82,11 @@ def op_graph_event(model) -> event_pb2.Event | None:
 class AttemptBoard(keras.callbacks.Callback):
     """The TensorBoard run of one execution of one trial attempt, in `log_dir` (module docstring).
 
-    `used`: the set of hyperparameter names the build asked for, filled in by the caller (read
-    when sessions are written). `end()` writes the final session once the outcome is known; an
-    attempt that failed before training (in its build) gets only that session. Not thread-safe:
+    `used`: the set of hyperparameter names the attempt asked for (in its build, its fit, its
+    run_trial), filled in by the caller (read when sessions are written). `begin()` writes the
+    running session (Keras calls it through on_train_begin; an attempt with no Keras fit calls it
+    itself); `end()` writes the final session once the outcome is known; an attempt that failed
+    before training (in its build) gets only that session. Not thread-safe:
     Keras calls it from the training thread, and `end()` comes after training.
     """
 
@@ -100,11 +102,18 @@ class AttemptBoard(keras.callbacks.Callback):
     def _values(self) -> dict:
         return hparams.trial_values(self.trial.hyperparameters, self.worker, self.device, self.used)
 
-    def on_train_begin(self, logs=None):
-        self._started = time.time()
+    def begin(self, started: float) -> None:
+        """The attempt's running session, started at `started` (time.time()), written once."""
+        if self._started is not None:
+            return
+        self._started = started
         hparams.write_live_session(self.log_dir, self._values(),
                                    hparams.group_name(self.trial.trial_id, self.attempt, False), self._started)
-        self._writer = EventFileWriter(self.log_dir)
+
+    def on_train_begin(self, logs=None):
+        self.begin(time.time())
+        if self._writer is None:  # a fit of the user's that calls model.fit twice keeps one file
+            self._writer = EventFileWriter(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._writer is None:

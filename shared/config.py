@@ -18,6 +18,7 @@ import re
 from typing import Mapping
 
 TUNERS = ("random", "bayesian", "hyperband", "grid")
+NO_MODEL = "none"  # KTC_MODEL: no hypermodel (a KTC_TUNER class whose run_trial needs none)
 BUILTIN_DATASETS = ("mnist", "digits")
 DIRECTIONS = ("min", "max")
 
@@ -27,13 +28,17 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KERASTUNER_ORACLE_PORT": ("8000", "oracle gRPC port (1-65535)"),
     "KERASTUNER_TUNER_ID": ("", "worker id; derived from the Compose replica number when unset"),
     "KTC_PROJECT": ("ktcluster", "project name: folder under the state, log and results dirs"),
-    "KTC_TUNER": ("random", "search algorithm: " + ", ".join(TUNERS)),
+    "KTC_TUNER": ("random", "search algorithm: " + ", ".join(TUNERS) + ", or module:Class, a subclass of a "
+                  "KerasTuner tuner (README: Bring your own model and data)"),
     "KTC_MAX_TRIALS": ("10", "number of trials, 1-1000000 (hyperband: ignored, see KTC_EPOCHS)"),
     "KTC_EPOCHS": ("2", "epochs per trial, 1-100000 (hyperband: max epochs)"),
     "KTC_OBJECTIVE": ("val_accuracy", "metric to optimise, optionally NAME:min or NAME:max"),
     "KTC_DATASET": ("mnist", "mnist, digits, or module:function returning (x, y), (x_val, y_val) or a dict of "
                     "keras.Model.fit keyword arguments (tf.data, PyDataset)"),
-    "KTC_MODEL": ("", "module:function build_model(hp); empty = the KerasTuner guide's model"),
+    "KTC_MODEL": ("", "module:name, a build_model(hp) function, a keras_tuner.HyperModel or HyperModel subclass; "
+                  "empty = the KerasTuner guide's model; none = no model (a KTC_TUNER class's run_trial)"),
+    "KTC_CALLBACKS": ("", "module:function returning a list of Keras callbacks, called for every trial attempt; "
+                      "empty = none"),
     "KTC_SEED": ("", "random seed of the search algorithm, 0-4294967295 (empty = random)"),
     "KTC_STATE_DIR": ("./run/state", "oracle state and checkpoints (shared by chief and workers)"),
     "KTC_LOG_DIR": ("./run/logs", "TensorBoard root; the project's runs go in DIR/PROJECT"),
@@ -113,7 +118,7 @@ class Settings:
     epochs: int
     objective: Objective
     dataset: str
-    model: str
+    model: str  # "" (the guide's), NO_MODEL or module:name
     seed: int | None
     state_dir: str
     log_dir: str
@@ -132,6 +137,7 @@ class Settings:
     stock_lease_seconds: float  # 0: stock clients are refused
     tls_dir: str  # "": plaintext
     metrics_port: int = 0  # KTC_METRICS_PORT; 0: no metrics endpoint (chief.metrics)
+    callbacks: str = ""  # "" or module:function
 
     @property
     def oracle_address(self) -> str:
@@ -260,11 +266,11 @@ def _gpu_map(env):
     return mapping
 
 
-def _import_path(env, name, builtins=()):
+def _import_path(env, name, builtins=(), what="module:function", empty=False):
     raw = env[name].strip()
-    if raw in builtins or (raw == "" and name == "KTC_MODEL") or _IMPORT_PATH.match(raw):
+    if raw in builtins or (raw == "" and empty) or _IMPORT_PATH.match(raw):
         return raw
-    choices = " | ".join((*builtins, "module:function")) if builtins else "module:function (or empty)"
+    choices = " | ".join((*builtins, what)) + (" (or empty)" if empty else "")
     raise ConfigError(name, raw, choices)
 
 
@@ -327,12 +333,13 @@ def load(environ: Mapping[str, str] | None = None, role: str = "worker") -> Sett
         oracle_port=_int(env, "KERASTUNER_ORACLE_PORT", 1, 65535),
         tuner_id=tuner_id,
         project=project,
-        tuner=_choice(env, "KTC_TUNER", TUNERS),
+        tuner=_import_path(env, "KTC_TUNER", TUNERS, what="module:Class"),
         max_trials=_int(env, "KTC_MAX_TRIALS", 1, 1_000_000),
         epochs=_int(env, "KTC_EPOCHS", 1, 100_000),
         objective=_objective(env),
         dataset=_import_path(env, "KTC_DATASET", BUILTIN_DATASETS),
-        model=_import_path(env, "KTC_MODEL"),
+        model=_import_path(env, "KTC_MODEL", (NO_MODEL,), what="module:name", empty=True),
+        callbacks=_import_path(env, "KTC_CALLBACKS", empty=True),
         seed=_int({"KTC_SEED": seed}, "KTC_SEED", 0, 2**32 - 1) if seed else None,
         gpu_map=_gpu_map(env),
         tf_threads=_int(env, "KTC_TF_THREADS", 0, 1024),

@@ -4,7 +4,8 @@ A worker started with another KTC_MODEL (or dataset, tuner, objective, epochs) t
 would mix its search space into the chief's and train models the chief cannot load. The worker
 sends its `Fingerprint` with Register; the chief refuses one that differs from its own with one
 line naming each difference (`differences`). `space` is a digest of the hyperparameters the
-model declares in one build with every default (`space_digest`): the same code builds the same.
+model declares in one build with every default (`space_digest`; hyperparameters a trial draws in
+`fit` or `run_trial` are not in it): the same code builds the same.
 """
 
 from __future__ import annotations
@@ -45,11 +46,17 @@ class Fingerprint:
         return cls(**{key: value[key] for key in FIELDS})
 
 
+NO_MODEL_SPACE = "no model"
+
+
 def space_digest(build_model) -> str:
     """A digest of the hyperparameters `build_model` declares in one build with defaults (the
-    name of the error if that build raises: it then differs from any model that builds)."""
+    name of the error if that build raises: it then differs from any model that builds);
+    NO_MODEL_SPACE for no model (KTC_MODEL=none)."""
     import keras_tuner as kt
 
+    if build_model is None:
+        return NO_MODEL_SPACE
     hp = kt.HyperParameters()
     try:
         build_model(hp)
@@ -59,8 +66,10 @@ def space_digest(build_model) -> str:
     return hashlib.sha256(space.encode()).hexdigest()[:16]
 
 
-def of(settings, build_model) -> Fingerprint:
-    """The fingerprint of these settings (shared.config.Settings) and model."""
+def of(settings, hypermodel) -> Fingerprint:
+    """The fingerprint of these settings (shared.config.Settings) and model (a keras_tuner
+    HyperModel, a build_model(hp) function, or None for no model)."""
+    build_model = getattr(hypermodel, "build", hypermodel)
     objective = settings.objective.name + (f":{settings.objective.direction}" if settings.objective.direction else "")
     return Fingerprint(model=settings.model or "(guide model)", dataset=settings.dataset, tuner=settings.tuner,
                        objective=objective, epochs=str(settings.epochs), space=space_digest(build_model))

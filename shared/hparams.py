@@ -124,14 +124,20 @@ def metric_tag(name: str) -> str:
     return METRIC_PREFIX + name
 
 
-def metric_infos(metric_names, objective) -> list:
+def declared_metrics(metric_names, objective, extra=()) -> list[str]:
+    """The metrics `metric_infos` declares: the objective first, then each of `metric_names` and
+    its `val_` twin, then `extra` (names as recorded, e.g. a run_trial's own), each once."""
+    names = [prefix + name for name in metric_names for prefix in ("val_", "")] + list(extra)
+    return list(dict.fromkeys([objective.name] + names))
+
+
+def metric_infos(metric_names, objective, extra=()) -> list:
     """One HParams metric per value the oracle records for a trial: each of `metric_names`
-    (what Keras logs for training) and its `val_` twin, the objective first (the dashboard
-    shows the first five) with its direction in its display name, so that sorting the table by
-    it, in that direction, lists the chief's best trial first."""
+    (what Keras logs for training) and its `val_` twin, and each of `extra` as it is named, the
+    objective first (the dashboard shows the first five) with its direction in its display
+    name, so that sorting the table by it, in that direction, lists the chief's best trial first."""
     direction = "max" if objective.direction == "max" else "min"
-    names = [prefix + name for name in metric_names for prefix in ("val_", "")]
-    names = [objective.name] + [name for name in names if name != objective.name]
+    names = declared_metrics(metric_names, objective, extra)
     return [hp_api.Metric(metric_tag(name), group="",
                           display_name=f"{_readable(name)} (objective, {direction})" if i == 0
                           else f"{_readable(name)} (best epoch)",
@@ -181,9 +187,10 @@ def always_used(build_model, space, max_builds: int = 16) -> list[str]:
     return [hp.name for hp in space.space if hp.name in common]
 
 
-def write_experiment_config(log_root: str, space, metric_names, objective, always=None) -> str:
+def write_experiment_config(log_root: str, space, metric_names, objective, always=None, extra_metrics=()) -> str:
     """(Re)write the one experiment config of this log root; returns its path.
 
+    `extra_metrics`: metrics declared as named (no `val_` twin; see `metric_infos`).
     `always`: hyperparameters every trial records (`always_used`); the first two of them,
     with status, error and worker, are the five columns shown on first opening (None: the
     first declared hyperparameter, which every build asks for first). TensorBoard uses the
@@ -203,7 +210,7 @@ def write_experiment_config(log_root: str, space, metric_names, objective, alway
                 hp_api.HParam(ERROR, display_name="error", description="why the attempt failed (full text: Text tab)"),
                 hp_api.HParam(WORKER, display_name="worker", description="tuner id of the worker that ran the trial"),
                 hp_api.HParam(DEVICE, display_name="device", description="GPU name or CPU")]
-    pb = summary_v2.hparams_config_pb(hparams=hparams, metrics=metric_infos(metric_names, objective))
+    pb = summary_v2.hparams_config_pb(hparams=hparams, metrics=metric_infos(metric_names, objective, extra_metrics))
     experiment = pb.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(experiment.content)
     for info in data.experiment.hparam_infos:

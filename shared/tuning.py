@@ -1,22 +1,118 @@
 """One place that turns settings into KerasTuner objects, for chief and workers alike.
 
+KTC_TUNER is one of config.TUNERS or `module:Class` (`resolve_tuner`): a subclass of
+RandomSearch, BayesianOptimization, Hyperband or GridSearch runs that tuner's algorithm; a direct
+`keras_tuner.Tuner` subclass names its algorithm in the class attribute `ktc_oracle` (one of
+config.TUNERS). The chief runs the algorithm's oracle (`make_oracle`), built from the settings;
+the workers run the user's class (worker.tuners).
+
 Private KerasTuner names used here (by `recording_used` only, on one HyperParameters instance):
 - `HyperParameters._retrieve(hp)`: every `hp.Choice/Int/Float/Boolean/Fixed` call goes through
-  it; wrapped to learn which hyperparameters a build asked for;
+  it; wrapped to learn which hyperparameters a trial asked for (in its build, its fit, its run_trial);
 - `HyperParameters._get_name(name)`: the full (conditional-scope) name `hp.get` reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
-from shared.config import ConfigError, Settings
+from shared.config import NO_MODEL, TUNERS, ConfigError, Settings
+from shared.loader import import_from_string
+
+ORACLE_ATTRIBUTE = "ktc_oracle"  # a direct keras_tuner.Tuner subclass names its algorithm here
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerChoice:
+    """What KTC_TUNER resolves to: `algorithm`, one of config.TUNERS (the oracle the chief runs),
+    and `user_class`, the user's Tuner subclass (None for a built-in name)."""
+
+    algorithm: str
+    user_class: type | None = None
+
+    @property
+    def runs_own_trial(self) -> bool:
+        """The user's class defines `run_trial` itself (not only KerasTuner's tuners)."""
+        return self.user_class is not None and any(
+            "run_trial" in vars(cls) for cls in self.user_class.__mro__
+            if not cls.__module__.startswith("keras_tuner"))
+
+
+def resolve_tuner(tuner: str) -> TunerChoice:
+    """KTC_TUNER -> TunerChoice. A built-in name imports nothing; `module:Class` imports the
+    user's module. Raises ConfigError (one line naming KTC_TUNER and what was found) for a class
+    that is not a KerasTuner tuner, or a Tuner subclass without a valid `ktc_oracle`."""
+    if tuner in TUNERS:
+        return TunerChoice(tuner)
+    import keras_tuner as kt
+
+    cls = import_from_string(tuner, "KTC_TUNER", require_callable=False)
+    if not isinstance(cls, type) or not issubclass(cls, kt.Tuner):
+        found = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError("KTC_TUNER", tuner, f"it is {found}, not a subclass of keras_tuner.Tuner (RandomSearch, "
+                          "BayesianOptimization, Hyperband, GridSearch or Tuner)")
+    for base, algorithm in ((kt.Hyperband, "hyperband"), (kt.BayesianOptimization, "bayesian"),
+                            (kt.GridSearch, "grid"), (kt.RandomSearch, "random")):
+        if issubclass(cls, base):
+            return TunerChoice(algorithm, cls)
+    named = getattr(cls, ORACLE_ATTRIBUTE, None)
+    if named not in TUNERS:
+        raise ConfigError("KTC_TUNER", tuner, f"{cls.__name__} subclasses keras_tuner.Tuner directly, so it must name "
+                          f"its search algorithm: the class attribute {ORACLE_ATTRIBUTE} = one of "
+                          f"{', '.join(map(repr, TUNERS))} (found {named!r})")
+    return TunerChoice(named, cls)
+
+
+def check_model_for(choice: TunerChoice, model: str) -> None:
+    """KTC_MODEL=none needs a KTC_TUNER class whose own run_trial makes do without a model;
+    ConfigError (one line) otherwise."""
+    if model == NO_MODEL and not choice.runs_own_trial:
+        found = "a built-in tuner" if choice.user_class is None else f"{choice.user_class.__name__}, which does not"
+        raise ConfigError("KTC_MODEL", model, f"no model needs a KTC_TUNER class that overrides run_trial "
+                          f"(KTC_TUNER is {found})")
+
+
+def user_callbacks(settings: Settings):
+    """KTC_CALLBACKS as a function of no arguments returning a fresh list of Keras callbacks for
+    one trial attempt (an empty list when unset); it is called once here to check what it
+    returns: ConfigError (one line naming KTC_CALLBACKS and what was found) if not callbacks."""
+    if not settings.callbacks:
+        return list
+    make = import_from_string(settings.callbacks, "KTC_CALLBACKS")
+
+    def fresh() -> list:
+        made = make()
+        if not isinstance(made, (list, tuple)) or not all(_is_callback(c) for c in made):
+            shown = type(made).__name__ if not isinstance(made, (list, tuple)) else \
+                "a list holding " + ", ".join(sorted({type(c).__name__ for c in made if not _is_callback(c)}))
+            raise ConfigError("KTC_CALLBACKS", settings.callbacks,
+                              f"it returned {shown}, not a list of keras.callbacks.Callback")
+        return list(made)
+
+    try:
+        fresh()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError("KTC_CALLBACKS", settings.callbacks,
+                          f"calling it raised {type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+    return fresh
+
+
+def _is_callback(value) -> bool:
+    import keras
+
+    return isinstance(value, keras.callbacks.Callback)
 
 
 def make_oracle(settings: Settings, extend=None):
-    """The KerasTuner oracle for KTC_TUNER. `extend(cls) -> subclass`, if given, extends the stock
-    class first (the chief's `chief.oracle.cluster_class`); workers use the stock class as it is."""
+    """The KerasTuner oracle of KTC_TUNER's algorithm (`resolve_tuner`). `extend(cls) -> subclass`,
+    if given, extends the stock class first (the chief's `chief.oracle.cluster_class`); workers use
+    the stock class as it is."""
     import keras_tuner as kt
+
+    algorithm = resolve_tuner(settings.tuner).algorithm
 
     def build(cls, **kwargs):
         return (extend(cls) if extend else cls)(**kwargs)
@@ -27,13 +123,13 @@ def make_oracle(settings: Settings, extend=None):
     common = dict(objective=objective, seed=settings.seed, max_retries_per_trial=settings.max_retries,
                   max_consecutive_failed_trials=settings.max_consecutive_failures)
     try:
-        if settings.tuner == "hyperband":
+        if algorithm == "hyperband":
             return build(kt.oracles.HyperbandOracle, max_epochs=settings.epochs, **common)
         oracle_class = {
             "random": kt.oracles.RandomSearchOracle,
             "bayesian": kt.oracles.BayesianOptimizationOracle,
             "grid": kt.oracles.GridSearchOracle,
-        }[settings.tuner]
+        }[algorithm]
         return build(oracle_class, max_trials=settings.max_trials, **common)
     except ValueError as exc:  # e.g. a direction KerasTuner cannot infer from the name
         raise ConfigError("KTC_OBJECTIVE", settings.objective.name,
@@ -108,7 +204,8 @@ def explore_space(build_model, hyperparameters=None):
 
 @contextlib.contextmanager
 def recording_used(hyperparameters):
-    """Collect the names of the hyperparameters a build actually asks for.
+    """Collect the names of the hyperparameters asked for while the block runs (a build, or a
+    whole trial attempt: its build, its HyperModel.fit and its Tuner's run_trial).
 
     Every `hp.Choice/Int/Float/Boolean/Fixed` call goes through `_retrieve`,
     and `hp.get` reads by name; wrapping both on this one instance tells a

@@ -52,7 +52,6 @@ def main() -> int:
 
     from shared import data, devices, hypermodels
     from shared.data import DataError
-    from shared.loader import ImportFromStringError
     from worker.client import (ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished, SettingsMismatch,
                                TLSMismatch)
 
@@ -74,9 +73,9 @@ def main() -> int:
     try:
         dataset = data.load(settings.dataset, settings.data_dir, wait=settings.chief_timeout_seconds,
                             between=chief_gave_up)
-        build_model = hypermodels.resolve(settings.model, dataset)
-        runner.run(settings, tuner_id, device, dataset, build_model)
-    except (ConfigError, ImportFromStringError) as exc:
+        hypermodel = hypermodels.resolve(settings.model, dataset)
+        runner.run(settings, tuner_id, device, dataset, hypermodel)
+    except ConfigError as exc:  # ImportFromStringError too: a bad module:name in KTC_MODEL, KTC_TUNER...
         return _fail(2, str(exc))
     except SearchFinished as exc:
         log.info("%s: %s; exiting", tuner_id, exc)

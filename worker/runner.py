@@ -5,8 +5,12 @@ Each attempt writes its checkpoint and build config into its own folder
 of the attempt the chief accepts; a lost attempt stops at its next batch (worker.guard) and
 sends nothing more (worker.client).
 
+Every hyperparameter an attempt draws is recorded (`ClusterTuner.run_trial`, the outermost
+run_trial also when a user's Tuner class is combined with it: worker.tuners), wherever it is
+drawn: in the build, in a HyperModel.fit, in a Tuner's run_trial. Those first drawn outside the
+build reach the chief with the trial's end (stock Oracle.end_trial merges them into the space).
+
 Private KerasTuner names used here, each overridden through a subclass:
-- `Tuner._build_hypermodel`: to record which hyperparameters a build asked for;
 - `Tuner._configure_tensorboard_dir`: one TensorBoard run per attempt (shared.board), with ktcluster's HParams;
 - `Tuner._get_checkpoint_fname`, `Tuner._get_build_config_fname`: the per-attempt folders;
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 
 import grpc
 import keras
@@ -61,9 +66,14 @@ def release_traced_gradients(before: set[str]) -> int:
 
 
 class ClusterTuner(kt.Tuner):
-    """A stock Tuner that talks to the ktcluster chief and records ktcluster's HParams."""
+    """A stock Tuner that talks to the ktcluster chief and records ktcluster's HParams.
 
-    def __init__(self, settings, tuner_id: str, device: str, build_model):
+    `hypermodel`: a keras_tuner.HyperModel, a build_model(hp) function or None (a user's
+    run_trial that needs none); `callbacks()`: a fresh list of the user's Keras callbacks for each
+    attempt (shared.tuning.user_callbacks). A user's Tuner class is built on it by
+    worker.tuners (its own __init__ is not called: the oracle is the chief's)."""
+
+    def __init__(self, settings, tuner_id: str, device: str, hypermodel, callbacks=list):
         # KerasTuner's own variables decide, at construction, that this process is a worker.
         os.environ.update(KERASTUNER_ORACLE_IP=settings.oracle_ip,
                           KERASTUNER_ORACLE_PORT=str(settings.oracle_port), KERASTUNER_TUNER_ID=tuner_id)
@@ -71,7 +81,7 @@ class ClusterTuner(kt.Tuner):
         kt.Tuner.__init__(
             self,
             oracle=local_oracle,
-            hypermodel=build_model,
+            hypermodel=hypermodel,
             directory=settings.state_dir,
             project_name=settings.project,
             tuner_id=tuner_id,
@@ -83,7 +93,8 @@ class ClusterTuner(kt.Tuner):
                                    tls_dir=settings.tls_dir)
         self.settings, self.device = settings, device
         self._boards: dict[str, list[board.AttemptBoard]] = {}
-        self._used: set[str] = set()  # hyperparameters the current trial's build asked for
+        self._used: set[str] = set()  # hyperparameters the current attempt asked for (build, fit, run_trial)
+        self._callbacks = callbacks
         self._gradients_before: set[str] = set()
 
     def _attempt_file(self, trial_id: str, name: str) -> str:
@@ -108,11 +119,30 @@ class ClusterTuner(kt.Tuner):
         return self._attempt_file(trial_id, layout.BUILD_CONFIG)
 
     def run_trial(self, trial, *fit_args, **fit_kwargs):
-        """KerasTuner's run_trial with AttemptGuard ahead of its checkpoint callback."""
+        """The attempt, recording every hyperparameter it asks for (build, fit, run_trial), with
+        the user's callbacks (fresh for this attempt) and AttemptGuard ahead of KerasTuner's
+        checkpoint callback. A run_trial that trains no Keras model still gets its HParams
+        session (`_board_without_fit`)."""
         guard = AttemptGuard(trial.trial_id, self.oracle.is_lost, AttemptLost,
                              self._get_checkpoint_fname(trial.trial_id))
-        fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", []), guard]
-        return super().run_trial(trial, *fit_args, **fit_kwargs)
+        started = time.time()
+        with tuning.recording_used(trial.hyperparameters) as used:
+            self._used = used  # the attempt's boards and on_trial_end read this very set
+            try:
+                fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", []), *self._callbacks(), guard]
+                return super().run_trial(trial, *fit_args, **fit_kwargs)
+            finally:
+                if trial.trial_id not in self._boards:
+                    self._board_without_fit(trial, started)
+
+    def _board_without_fit(self, trial, started: float) -> None:
+        """The attempt's TensorBoard run when no Keras fit ran in it (KerasTuner guide "Tune
+        anything"): its HParams session starts at `started` and ends in on_trial_end."""
+        attempt = self.oracle.attempt_of(trial.trial_id) or 1
+        log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, 0)
+        attempt_board = board.AttemptBoard(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
+        attempt_board.begin(started)
+        self._boards[trial.trial_id] = [attempt_board]
 
     def save(self):
         """The worker's own tuner file (`<project>/<tuner id>.json`, KerasTuner's): a failed
@@ -121,13 +151,6 @@ class ClusterTuner(kt.Tuner):
             super().save()
         except (OSError, tf.errors.OpError) as exc:
             log.warning("%s: could not save the tuner's state file: %s", self.tuner_id, exc)
-
-    def _build_hypermodel(self, hp):
-        with tuning.recording_used(hp) as used:
-            try:
-                return super()._build_hypermodel(hp)
-            finally:  # a build that raises still used what it asked for before raising
-                self._used |= used  # in place: this trial's recorders hold this very set
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         """Give this execution of the attempt its own TensorBoard run (shared.board), and point a
@@ -189,16 +212,17 @@ class ClusterTuner(kt.Tuner):
             return None
 
 
-class HyperbandClusterTuner(ClusterTuner, kt.Hyperband):
-    """Hyperband's run_trial/_build_hypermodel (epochs per bracket, warm starts) on ClusterTuner."""
+def run(settings, tuner_id: str, device: str, dataset, hypermodel) -> None:
+    """Serve trials until the chief says stop. ConfigError (exit 2, one line) for a KTC_TUNER,
+    KTC_MODEL or KTC_CALLBACKS the worker cannot run with, before the chief is called."""
+    from worker.tuners import tuner_class
 
-
-def run(settings, tuner_id: str, device: str, dataset, build_model) -> None:
-    cls = HyperbandClusterTuner if settings.tuner == "hyperband" else ClusterTuner
-    tuner = cls(settings, tuner_id, device, build_model)
+    choice = tuning.resolve_tuner(settings.tuner)
+    tuning.check_model_for(choice, settings.model)
+    tuner = tuner_class(choice)(settings, tuner_id, device, hypermodel, tuning.user_callbacks(settings))
     try:
         tuner.oracle.register(claim_seconds=3 * settings.heartbeat_seconds + 2,
-                              fingerprint=fingerprint.of(settings, build_model).to_wire())
+                              fingerprint=fingerprint.of(settings, hypermodel).to_wire())
         # KerasTuner runs two full garbage collections before every build (~0.2 s each with
         # TensorFlow's heap). Everything alive now (TensorFlow, the data) lives for the whole
         # process: freeze it out of the collector's sight, so those collections scan only what

@@ -331,3 +331,25 @@ def test_running_trial_is_visible_in_hparams_while_it_runs(tmp_path):
         assert chief.popen.poll() is None and worker.popen.poll() is None  # still training
         assert [s["status"] for s in groups[0]["sessions"]] in (["STATUS_UNKNOWN"], ["STATUS_RUNNING"])
         assert chief.wait(timeout=180) == 0 and worker.wait(timeout=30) == 0
+
+
+def test_a_hypermodel_fit_trial_killed_mid_fit_is_rerun_once_with_the_reruns_fit_time_values(tmp_path):
+    env = _env(tmp_path, KTC_MAX_TRIALS=3, KTC_TEST_SLEEP=0.4, KTC_EPOCHS=2,
+               KTC_MODEL="tests.fixtures.models:SlowTraining")
+    with processes() as start:
+        chief = start("chief", python("chief"), env, tmp_path)
+        victim = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
+        trial = wait_until(lambda: started_trial(chief, "worker-1"), 120, what="worker-1 to start a trial")
+        wait_until(lambda: "Epoch 1/2" in victim.output(), 60, what="worker-1 to be inside fit")
+        os.kill(victim.pid, signal.SIGKILL)
+        survivor = start("w2", python("worker"), _worker_env(env, "worker-2"), tmp_path)
+        assert chief.wait(timeout=180) == 0, chief.output()[-3000:]
+        assert survivor.wait(timeout=30) == 0
+    events, table = assert_exactly_once(tmp_path, 3)
+    by_id = {r["trial_id"]: r for r in table}
+    assert by_id[trial]["worker"] == "worker-2" and by_id[trial]["attempts"] == "2"
+    assert all(r["batch_size"] in ("8", "16") and r["shuffle"] in ("True", "False") for r in table), table
+    ends = [e for e in events if e["event"] == "end" and e["trial"] == trial]
+    assert [(e["attempt"], e["status"]) for e in ends] == [(1, "RETRY"), (2, "COMPLETED")], ends
+    assert ends[0].get("used") is None, ends  # the dead attempt reported nothing: the lease ended it
+    assert {"batch_size", "shuffle", "units"} <= set(ends[1]["used"])  # the values are the re-run's own draw

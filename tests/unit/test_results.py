@@ -169,7 +169,7 @@ def test_best_model_saves_and_loads_without_warnings_and_reproduces_the_score(tm
     os.makedirs(settings.project_results_dir, exist_ok=True)  # the chief writes trials.csv there first
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _save_best_model(best, 2, build, settings)
+        _save_best_model(best, 2, hypermodels.as_hypermodel(build), settings)
         loaded = keras.models.load_model(os.path.join(settings.project_results_dir, "best_model.keras"))
         score = loaded.evaluate(dataset.x_val, dataset.y_val, verbose=0, return_dict=True)["accuracy"]
     assert [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)] == []
