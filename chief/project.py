@@ -116,6 +116,17 @@ def _direction(settings) -> str | None:
         return None
 
 
+def _algorithm(tuner: str) -> str | None:
+    """The search algorithm KTC_TUNER runs (a `module:Class` tuner's is its base class's: its
+    module is imported); None for a class that is no tuner (the start refuses it with its line)."""
+    from shared import tuning
+
+    try:
+        return tuning.resolve_tuner(tuner).algorithm
+    except ConfigError:
+        return None
+
+
 def _shown(value) -> str:
     return "(empty)" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -131,7 +142,7 @@ def check_settings(settings, recorded: dict, direction) -> tuple[list[str], list
         refused.append(f"{name}={_shown(new)}: project {project} was started with {name}={_shown(old)} and "
                        f"{why}; set {name}={_shown(old)} again, or start a new search under another KTC_PROJECT")
 
-    tuner = recorded.get("tuner", settings.tuner)
+    tuner = _algorithm(recorded.get("tuner", settings.tuner))
     if "tuner" in recorded and recorded["tuner"] != settings.tuner:
         refuse("KTC_TUNER", recorded["tuner"], settings.tuner,
                "cannot change it: its trials and oracle state (oracle.json) are that tuner's")
@@ -152,7 +163,7 @@ def check_settings(settings, recorded: dict, direction) -> tuple[list[str], list
                "cannot change it: hyperband's brackets were made for that many epochs (kept in oracle.json)")
 
     changeable = []
-    if settings.tuner != "hyperband":  # hyperband's budget is its own, and its epochs are fixed (above)
+    if _algorithm(settings.tuner) != "hyperband":  # hyperband's budget is its own, and its epochs are fixed (above)
         changeable += [("KTC_MAX_TRIALS", "max_trials", settings.max_trials), ("KTC_EPOCHS", "epochs", settings.epochs)]
     changeable += [("KTC_LEASE_SECONDS", "lease_seconds", settings.lease_seconds),
                    ("KTC_HEARTBEAT_SECONDS", "heartbeat_seconds", settings.heartbeat_seconds),

@@ -82,6 +82,15 @@ def test_hyperbands_epochs_cannot_change_and_its_trial_budget_is_not_compared(tm
     assert applied == []
 
 
+def test_a_hyperband_subclass_keeps_hyperbands_rules(tmp_path):
+    """KTC_TUNER=module:Class runs its base class's algorithm: a Hyperband subclass's epochs are
+    fixed and its trial budget is not compared, as for `hyperband` itself."""
+    band = {**RANDOM, "tuner": "tests.fixtures.tuner_classes:MyHyperband", "max_trials": None}
+    refused, applied = _check(tmp_path, band, KTC_TUNER=band["tuner"], KTC_EPOCHS="3", KTC_MAX_TRIALS="99")
+    assert len(refused) == 1 and refused[0].startswith("KTC_EPOCHS=3: project p was started with KTC_EPOCHS=2")
+    assert applied == []
+
+
 def test_settings_that_can_change_are_applied_and_each_said_once(tmp_path):
     refused, applied = _check(tmp_path, RANDOM, KTC_MAX_TRIALS="12", KTC_EPOCHS="3", KTC_LEASE_SECONDS="30",
                               KTC_HEARTBEAT_SECONDS="2.5", KTC_MAX_RETRIES="2")
