@@ -200,12 +200,13 @@ def save_best_model(best, attempt, hypermodel, settings) -> str:
 
     if hypermodel is None:
         return "no best_model.keras (no model: KTC_MODEL=none)"
-    checkpoint = layout.find_checkpoint(settings.project_state_dir, best.trial_id, attempt)
+    checkpoint = layout.find_attempt_file(settings.project_state_dir, best.trial_id, attempt, layout.CHECKPOINT)
     if checkpoint is None:
         log.warning("best trial %s (attempt %s) has no checkpoint: best_model.keras not written", best.trial_id, attempt)
         return f"no best_model.keras (trial {best.trial_id} left no checkpoint)"
     model = hypermodel.build(best.hyperparameters.copy())
-    build_config = layout.find_build_config(settings.project_state_dir, best.trial_id, attempt)
+    build_config = layout.find_attempt_file(settings.project_state_dir, best.trial_id, attempt,
+                                             layout.BUILD_CONFIG)
     if not model.built and build_config:
         model.build_from_config(json.load(open(build_config)))
     if getattr(model, "optimizer", None) is not None and model.built:

@@ -37,6 +37,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 from shared import hparams
+from shared.logs import last_line
 
 log = logging.getLogger("ktcluster.board")
 CONCEPTUAL_TAG = "keras"  # the tag Keras's own callback gives the model config
@@ -153,7 +154,7 @@ class AttemptBoard(keras.callbacks.Callback):
         word = "completed" if completed else "lost" if lost else "failed"
         hparams.write_final_session(self.log_dir, self._values(),
                                     hparams.group_name(self.trial.trial_id, self.attempt, completed), word,
-                                    "" if completed else hparams.short_error(message), message=message,
+                                    "" if completed else last_line(message, hparams.ERROR_CHARS), message=message,
                                     start_time_secs=self._started, metrics=metrics if completed else None)
         if self._started is not None:
             hparams.end_live_session(self.log_dir)

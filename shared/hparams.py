@@ -48,6 +48,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summ
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from shared import results
+from shared.logs import last_line
+
 WORKER = "worker"
 DEVICE = "device"
 STATUS = "status"
@@ -64,7 +67,6 @@ SUPERSEDED = 4
 MAX_DISCRETE = 32
 DEFAULT_COLUMNS = 5  # what TensorBoard's dashboard ticks on first opening
 ERROR_CHARS = 60
-HYPERBAND_PREFIX = "tuner/"  # Hyperband's own bookkeeping values (epochs per bracket): shown too
 
 
 def attempt_log_dir(root: str, trial_id: str, attempt: int, execution: int) -> str:
@@ -79,19 +81,10 @@ def group_name(trial_id: str, attempt: int, completed: bool) -> str:
     return trial_id if completed else f"{trial_id} attempt {attempt}"
 
 
-def short_error(message: str) -> str:
-    """The last line of a traceback (`ValueError: ...`), at most ERROR_CHARS characters."""
-    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
-
-
 def trial_values(hyperparameters, worker: str, device: str, used=None) -> dict:
     """The values to record for one trial: those the build used (all active ones if unknown)."""
-    values = {
-        name: value for name, value in hyperparameters.values.items()
-        if hyperparameters.is_active(name) and (not used or name in used or name.startswith(HYPERBAND_PREFIX))
-    }
+    active = {name: value for name, value in hyperparameters.values.items() if hyperparameters.is_active(name)}
+    values = results.used_values(active, used or None)
     values[WORKER] = worker
     values[DEVICE] = device
     return values
@@ -338,7 +331,7 @@ def mark_attempt_lost(log_root: str, trial_id: str, attempt: int, reason: str) -
             continue
         values = {name: _python(value) for name, value in start.hparams.items()
                   if name not in (STATUS, ERROR) and _python(value) is not None}
-        if write_final_session(log_dir, values, group_name(trial_id, attempt, False), "lost", short_error(reason),
+        if write_final_session(log_dir, values, group_name(trial_id, attempt, False), "lost", last_line(reason, ERROR_CHARS),
                                message=reason, start_time_secs=start.start_time_secs):
             closed += 1
         end_live_session(log_dir)

@@ -85,22 +85,14 @@ def accepted_attempt(project_state_dir: str, trial_id: str) -> int | None:
     return found[-1] if found else None
 
 
-def find_checkpoint(project_state_dir: str, trial_id: str, attempt: int | None) -> str | None:
-    """The checkpoint of `attempt` (None: the accepted one) if it exists; a project written
-    before per-attempt folders has it in the trial folder itself. None when there is none."""
+def find_attempt_file(project_state_dir: str, trial_id: str, attempt: int | None, name: str) -> str | None:
+    """`name` (CHECKPOINT, BUILD_CONFIG) of `attempt` (None: the accepted one) if it exists; a
+    project written before per-attempt folders has it in the trial folder itself. None when
+    there is none."""
     if attempt is None:
         attempt = accepted_attempt(project_state_dir, trial_id)
-    candidates = [checkpoint_path(project_state_dir, trial_id, attempt)] if attempt else []
-    candidates.append(os.path.join(trial_dir(project_state_dir, trial_id), CHECKPOINT))
-    return next((path for path in candidates if os.path.exists(path)), None)
-
-
-def find_build_config(project_state_dir: str, trial_id: str, attempt: int | None) -> str | None:
-    """Like `find_checkpoint`, for the build config."""
-    if attempt is None:
-        attempt = accepted_attempt(project_state_dir, trial_id)
-    candidates = [build_config_path(project_state_dir, trial_id, attempt)] if attempt else []
-    candidates.append(os.path.join(trial_dir(project_state_dir, trial_id), BUILD_CONFIG))
+    candidates = [os.path.join(attempt_dir(project_state_dir, trial_id, attempt), name)] if attempt else []
+    candidates.append(os.path.join(trial_dir(project_state_dir, trial_id), name))
     return next((path for path in candidates if os.path.exists(path)), None)
 
 

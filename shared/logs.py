@@ -17,6 +17,14 @@ def configure_logging(role: str, stream) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
+def last_line(message: str | None, limit: int = 500) -> str:
+    """The last non-empty line of `message` (a traceback's `ValueError: ...`), its whitespace made
+    single spaces, at most `limit` characters (cut ones end in "..."); "" for no text."""
+    lines = [line for line in (message or "").splitlines() if line.strip()]
+    text = " ".join(lines[-1].split()) if lines else ""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class OncePerWindow:
     """Says whether a line keyed by `key` may be logged now: at most once per key per `window`
     seconds (a flood of the same refusal, or of the same outage, costs one line per window).

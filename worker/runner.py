@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2
 
 from shared import board, fingerprint, hparams, layout, tuning
+from shared.logs import last_line
 from worker.client import AttemptLost, OracleClient
 from worker.guard import AttemptGuard
 
@@ -192,8 +193,8 @@ class ClusterTuner(kt.Tuner):
         if lost:
             pass  # the client logged it once, when it learnt it
         elif failed:
-            last = (trial.message or "").strip().splitlines()[-1:] or ["no message"]
-            log.warning("%s: trial %s failed: %s", self.tuner_id, trial.trial_id, last[0])
+            log.warning("%s: trial %s failed: %s", self.tuner_id, trial.trial_id,
+                        last_line(trial.message) or "no message")
         else:
             log.info("%s ends trial %s: %s", self.tuner_id, trial.trial_id, trial.status)
         super().on_trial_end(trial)

@@ -9,6 +9,7 @@ lists sessions of status unknown, success, failure and running, and draws a tria
 a value on every ticked column.
 """
 
+import functools
 import os
 import sys
 
@@ -17,6 +18,7 @@ import pytest
 from tensorboard.plugins.hparams import api_pb2
 
 from shared import hparams, hypermodels, tuning
+from shared.logs import last_line
 from shared.board import AttemptBoard
 from tests.procs import free_port, hparams_session_groups, http_json, processes, wait_until
 
@@ -203,10 +205,11 @@ def test_failed_trials_show_failed_and_why_in_the_default_columns(board):
 
 
 def test_short_error_is_the_last_line_and_bounded():
-    assert hparams.short_error("Traceback ...\n  File x\nValueError: no\n\n") == "ValueError: no"
-    long = hparams.short_error("E: " + "x" * 200)
+    short_error = functools.partial(last_line, limit=hparams.ERROR_CHARS)
+    assert short_error("Traceback ...\n  File x\nValueError: no\n\n") == "ValueError: no"
+    long = short_error("E: " + "x" * 200)
     assert len(long) == hparams.ERROR_CHARS and long.endswith("...")
-    assert hparams.short_error("") == ""
+    assert short_error("") == ""
 
 
 def test_the_objective_is_the_trials_score_with_its_direction_and_sorting_by_it_puts_the_chiefs_best_first(board):

@@ -88,7 +88,7 @@ def test_attempt_folders_lost_attempts_and_a_full_disk(tmp_path, state_dir):
     assert os.path.getsize(layout.checkpoint_path(project_state, "0", 2)) > 0
     assert os.path.exists(layout.build_config_path(project_state, "0", 2))
     assert not os.path.exists(os.path.join(layout.trial_dir(project_state, "0"), layout.CHECKPOINT))
-    assert layout.find_checkpoint(project_state, "0", None) == layout.checkpoint_path(project_state, "0", 2)
+    assert layout.find_attempt_file(project_state, "0", None, layout.CHECKPOINT) == layout.checkpoint_path(project_state, "0", 2)
     # trial 1: taken away at a heartbeat mid-epoch: no report at all, no checkpoint, no build config
     assert chief.methods("1") == []
     assert not os.path.exists(layout.checkpoint_path(project_state, "1", 1))
