@@ -224,15 +224,19 @@ def _on_sigterm(signum, frame):
 def _reap(coordinator, interval: float) -> None:
     """Expire silent workers' leases until the search is over (no busy polling: event waits). A
     chief back from a pause first checks it still holds the project (chief.ownership): one that
-    lost it exits there, before it judges any worker silent."""
-    from chief.journal import fence_of
+    lost it exits there, before it judges any worker silent (ProjectLost here: another thread
+    found it first and is ending the process)."""
+    from chief.journal import ProjectLost, fence_of
 
     fence = fence_of(coordinator.project_dir)
     while not coordinator.finished.wait(interval):
-        if fence is not None:
-            with contextlib.suppress(OSError):  # cannot tell now: the journal's commit checks again
-                fence.check()
-        coordinator.expire_leases()
+        try:
+            if fence is not None:
+                with contextlib.suppress(OSError):  # cannot tell now: the journal's commit checks again
+                    fence.check()
+            coordinator.expire_leases()
+        except ProjectLost:
+            return
 
 
 def main(argv=None) -> int:
