@@ -2,10 +2,11 @@
 
 Each node is a dockerd in its own network namespace (own data-root, exec-root, socket and pid
 file, as tests/e2e/swarm.py does for one), with its own address on one bridge the tests create
-in a namespace of its own (SWITCH: the host's firewall, where the machine's engine drops forwarded
-traffic, never sees it; 10.232.0.1; node 1 is 10.232.0.11, node 2 10.232.0.12: addresses of these
-namespaces only). The mount namespace is the host's, so one host folder bind-mounted on both engines is the
-shared volume, as an NFS share is on real machines.
+in a namespace of its own (SWITCH, 10.232.0.1: the host's firewall, where the machine's engine
+drops forwarded traffic, never sees it); node 1 is 10.232.0.11, node 2 10.232.0.12, addresses of
+these namespaces only. The mount namespace is the host's, so one host folder bind-mounted on both
+engines is the shared volume, as an NFS share is on real machines. The data-roots persist between
+runs (the image is loaded once); `start()` drops what a previous run left in them.
 
 Who manages: a swarm's raft needs a majority of its managers, so with two managers the loss of
 either stops all scheduling; with one, the loss of the manager does too. So node 2 is the only
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -70,10 +72,13 @@ class Node:
                     ("ip", "link", "set", "eth0", "up"), ("ip", "route", "add", "default", "via", BRIDGE_IP)):
             self.netns_exec(*cmd)
 
-    def start(self) -> float:
-        """Start dockerd (a killed one's swarm state is on disk: it rejoins); seconds until ready."""
+    def start(self, fresh: bool = False) -> float:
+        """Start dockerd; seconds until it answers. A killed engine's swarm state is on disk, so it
+        rejoins its swarm; `fresh` drops that state first (a previous run's swarm is gone)."""
         began = time.monotonic()
         os.makedirs(self.run_dir, exist_ok=True)
+        if fresh:
+            shutil.rmtree(os.path.join(self.data_root, "swarm"), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.pidfile)  # a killed dockerd leaves it
         # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts.
@@ -85,11 +90,18 @@ class Node:
                                     env={**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"})
         self.pid = proc.pid
         deadline = time.monotonic() + 90
-        while self.docker("info", check=False, timeout=10).returncode != 0:
+        while not self._answers():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}'s dockerd did not come up; {self.log}:\n{open(self.log).read()[-3000:]}")
+                tail = open(self.log).read()[-3000:]
+                raise AssertionError(f"{self.name}'s dockerd did not come up; {self.log}:\n{tail}")
             time.sleep(0.5)
         return time.monotonic() - began
+
+    def _answers(self) -> bool:
+        try:
+            return self.docker("info", check=False, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:  # the API waits while the swarm component starts
+            return False
 
     def load_image(self, image: str) -> None:
         """Copy `image` from the machine's engine (`docker save | docker load`) unless it is here."""
@@ -156,16 +168,22 @@ class Cluster:
             _run("ip", "netns", "exec", SWITCH, *cmd)
         for node in self.nodes:
             node.plug()
-            node.start()
-            node.docker("swarm", "leave", "--force", check=False)  # swarm state a killed run left on disk
+            node.start(fresh=True)
+            # What a previous run's stacks left in this engine of ours (a killed node keeps them).
+            old = node.docker("ps", "-aq").stdout.split()
+            if old:
+                node.docker("rm", "-f", *old, check=False, timeout=300)
+            volumes = node.docker("volume", "ls", "-q").stdout.split()
+            if volumes:
+                node.docker("volume", "rm", "-f", *volumes, check=False, timeout=120)
         # Both engines load the image at once (I/O bound).
         loads = [_spawn(lambda n=node: n.load_image(image)) for node in self.nodes]
         for load in loads:
             load()
         manager, worker = self.nodes[1], self.nodes[0]
-        # Heartbeats every 8 s: a node is declared down 16-24 s after it falls silent, so a cut
-        # shorter than that (the tests' long cut is lease + 5 s) takes trials away, not tasks.
-        manager.docker("swarm", "init", "--advertise-addr", manager.ip, "--dispatcher-heartbeat", "8s")
+        # A node silent for 2-3 heartbeats (`--dispatcher-heartbeat`, 5 s here) is declared down and
+        # its tasks rescheduled; each test sets the period it needs (`swarm update`).
+        manager.docker("swarm", "init", "--advertise-addr", manager.ip)
         token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
         worker.docker("swarm", "join", "--token", token, f"{manager.ip}:2377")
         for node in self.nodes:

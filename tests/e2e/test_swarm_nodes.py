@@ -17,7 +17,6 @@ is torn down at the end, also on failure, and nothing of it may remain (checked 
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -25,14 +24,13 @@ import time
 
 import pytest
 
-from chief.journal import JOURNAL, read_lines
-from shared.layout import search_finished
 from tests.conftest import ROOT
 from tests.e2e import swarm, swarm2
 from tests.e2e.compose import REQUIRED, new_stack
+from tests.e2e.nodes_stack import Probe, Search, attempt_files, end_of, next_attempt, start_of
 from tests.procs import wait_until
 
-LEASE = 6
+LEASE = 8
 TRIALS_A, TRIALS_B = 8, 8
 SETTINGS = dict(KTC_DATASET="digits", KTC_EPOCHS=20, KTC_SEED=5, KTC_TF_THREADS=1, KTC_STOP_GRACE_SECONDS=5,
                 KTC_LEASE_SECONDS=LEASE, KTC_HEARTBEAT_SECONDS=1, KTC_CHIEF_TIMEOUT_SECONDS=300, KTC_WORKERS=2,
@@ -69,90 +67,6 @@ def _which(tool):
     return shutil.which(tool)
 
 
-class Search:
-    """One stack on the two nodes; its journal, read from the share, is what the tests look at."""
-
-    def __init__(self, cluster, name, tmp, files, **settings):
-        self.cluster, self.name, self.tmp = cluster, name, tmp
-        self.project = settings["KTC_PROJECT"]
-        self.share = tmp / "share"
-        for sub in ("state", "logs", "data", "results"):
-            (self.share / sub).mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KTC_", "KERASTUNER_"))}
-        env.update(DOCKER_HOST=cluster.manager.socket, KTC_IMAGE_TAG=cluster.image_tag, KTC_TENSORBOARD_PORT="6006",
-                   KTC_RESULTS_HOST_DIR=str(self.share / "results"), KTC_SHARE_TYPE="none",
-                   KTC_SHARE_OPTIONS="bind", KTC_SHARE_DEVICE=str(self.share),
-                   **{k: str(v) for k, v in settings.items()})
-        args = [a for f in ["stack.yaml", "stack.shared.yaml", *files] for a in ("-c", os.path.join(ROOT, f))]
-        proc = subprocess.run(["docker", "stack", "deploy", "--detach=true", "--resolve-image", "never", *args, name],
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        self.deployed = time.monotonic()
-
-    def service(self, role):
-        return f"{self.name}_{role}"
-
-    def events(self) -> list[dict]:
-        return read_lines(os.path.join(self.share, "state", self.project, JOURNAL))[0]
-
-    def finished(self) -> bool:
-        return search_finished(os.path.join(self.share, "state", self.project))
-
-    def holding(self, worker: str) -> tuple[str, int] | None:
-        """(trial, attempt) that `worker` runs now by the journal: started, not ended."""
-        events = self.events()
-        ended = {(e["trial"], e["attempt"]) for e in events if e["event"] == "end"}
-        mine = [(e["trial"], e["attempt"]) for e in events if e["event"] == "start" and e["worker"] == worker]
-        return mine[-1] if mine and mine[-1] not in ended else None
-
-    def workers_by_node(self) -> dict[int, str]:
-        """Node index -> tuner id of the worker task running there (one each, by the scheduler's spread)."""
-        found = {}
-        for node in self.cluster.nodes:
-            for c in node.running(self.service("worker")):
-                found[node.index] = f"worker-{c['task'].split('.')[1]}"
-        return found if len(found) == 2 else None
-
-    def chief_node(self) -> int | None:
-        found = [n.index for n in self.cluster.nodes if n.pid and n.running(self.service("chief"))]
-        return found[0] if len(found) == 1 else None
-
-    def logs(self, role) -> str:
-        proc = self.cluster.manager.docker("service", "logs", "--raw", "--no-trunc", self.service(role),
-                                           check=False, timeout=60)
-        return proc.stdout + proc.stderr
-
-    def trials(self) -> list[dict]:
-        return list(csv.DictReader(open(self.share / "results" / self.project / "trials.csv")))
-
-    def remove(self) -> None:
-        self.cluster.manager.docker("stack", "rm", self.name, check=False)
-        for node in self.cluster.nodes:
-            if node.pid:
-                wait_until(lambda n=node: not n.docker("ps", "-aq", "--filter",
-                                                       f"label=com.docker.stack.namespace={self.name}",
-                                                       check=False).stdout.strip(), 90, interval=1,
-                           what=f"{self.name}'s containers to go from {node.name}")
-
-
-def _next(holding, before):
-    """`holding` when it is another attempt than `before`."""
-    return holding if holding not in (None, before) else None
-
-
-def _end_of(events, trial, attempt):
-    return next((e for e in events if e["event"] == "end" and e["trial"] == trial and e["attempt"] == attempt), None)
-
-
-def _start_of(events, trial, attempt):
-    return next((e for e in events if e["event"] == "start" and e["trial"] == trial and e["attempt"] == attempt), None)
-
-
-def _files(folder) -> dict[str, float]:
-    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-            for d, _, fs in os.walk(folder) for f in fs}
-
-
 @pytest.fixture(scope="module")
 def search_a(cluster, tmp_path_factory):
     """Short cut, long cut and heal, then node 2 lost, then node 2 back; what the tests look at."""
@@ -171,15 +85,15 @@ def search_a(cluster, tmp_path_factory):
         cluster.heal()
         seen["short"] = held
         # Long cut: node 2's trial is taken away after the lease and re-run on node 1; then heal.
-        held = wait_until(lambda: _next(s.holding(w[2]), seen["short"]), 120, interval=0.5,
+        held = wait_until(lambda: next_attempt(s.holding(w[2]), seen["short"]), 120, interval=0.5,
                           what=f"{w[2]} to hold its next trial")
         seen["long"] = trial, attempt = held
         cut_at = time.monotonic()
         cluster.cut()
-        wait_until(lambda: _end_of(s.events(), trial, attempt), 60, interval=0.5,
+        wait_until(lambda: end_of(s.events(), trial, attempt), 60, interval=0.5,
                    what=f"trial {trial} attempt {attempt} to lose its lease")
         FIGURES["long cut: cut to lease expired"] = time.monotonic() - cut_at
-        rerun = wait_until(lambda: _start_of(s.events(), trial, attempt + 1), 60, interval=0.5,
+        rerun = wait_until(lambda: start_of(s.events(), trial, attempt + 1), 60, interval=0.5,
                            what=f"trial {trial} to be re-run")
         FIGURES["long cut: cut to re-run on node 1"] = time.monotonic() - cut_at
         seen["long_rerun"] = rerun
@@ -187,23 +101,22 @@ def search_a(cluster, tmp_path_factory):
         healed_at = time.monotonic()
         FIGURES["long cut: length"] = healed_at - cut_at
         seen["node1_state_after_cut"] = cluster.node_state(1)
-        lost_folder = os.path.join(s.share, "state", s.project, f"trial_{trial}", f"attempt{attempt}")
-        wait_until(lambda: _next(s.holding(w[2]), held), 120, interval=0.5,
+        wait_until(lambda: next_attempt(s.holding(w[2]), held), 120, interval=0.5,
                    what=f"{w[2]} to take a new trial after the heal")
         FIGURES["heal to node 2's next trial"] = time.monotonic() - healed_at
-        seen["lost_files_after_heal"] = _files(lost_folder)
+        seen["lost_files_after_heal"] = attempt_files(s.share, s.project, trial, attempt)
         # Node 2 is lost with its containers: its trial is re-run on node 1, the search ends.
         seen["killed"] = trial2, attempt2 = s.holding(w[2])
         seen["killed_pids"] = cluster.nodes[1].kill()
         kill_at = time.monotonic()  # every process of node 2 is gone now
-        wait_until(lambda: _end_of(s.events(), trial2, attempt2), 60, interval=0.5,
+        wait_until(lambda: end_of(s.events(), trial2, attempt2), 60, interval=0.5,
                    what=f"trial {trial2} to lose its lease after node 2's loss")
         FIGURES["node 2 lost: kill to lease expired"] = time.monotonic() - kill_at
-        seen["killed_rerun"] = wait_until(lambda: _start_of(s.events(), trial2, attempt2 + 1), 90, interval=0.5,
+        seen["killed_rerun"] = wait_until(lambda: start_of(s.events(), trial2, attempt2 + 1), 90, interval=0.5,
                                           what=f"trial {trial2} re-run")
         wait_until(s.finished, 300, interval=1, what="search A to finish on node 1")
         FIGURES["node 2 lost: kill to search finished"] = time.monotonic() - kill_at
-        seen["lost_files_at_end"] = _files(lost_folder)
+        seen["lost_files_at_end"] = attempt_files(s.share, s.project, trial, attempt)
         # Node 2 comes back: its engine restarts from its data-root and the swarm has two nodes again.
         back_at = time.monotonic()
         cluster.nodes[1].start()
@@ -244,7 +157,7 @@ def test_short_cut_re_runs_nothing(search_a):
 def test_long_cut_takes_node_2s_trial_to_node_1_and_its_late_attempt_counts_for_nothing(search_a):
     trial, attempt = search_a["long"]
     events, workers = search_a["events"], search_a["workers"]
-    lost = _end_of(events, trial, attempt)
+    lost = end_of(events, trial, attempt)
     assert lost["status"] == "RETRY" and lost["cause"] == "chief", lost  # the lease, not a report
     assert search_a["long_rerun"]["worker"] == workers[1]
     accepted = [e for e in events if e["event"] == "end" and e["trial"] == trial and e["status"] == "COMPLETED"]
@@ -252,74 +165,20 @@ def test_long_cut_takes_node_2s_trial_to_node_1_and_its_late_attempt_counts_for_
     row = next(r for r in search_a["trials"] if r["trial_id"] == trial)
     assert row["worker"] == workers[1] and int(row["attempts"]) == attempt + 1
     assert search_a["node1_state_after_cut"] == "ready"  # the swarm kept its tasks; only the trial moved
-    # After the heal node 2's worker learnt that the attempt was gone: nothing more in its folder.
-    assert search_a["lost_files_at_end"] == search_a["lost_files_after_heal"]
+    # After the heal node 2's worker learnt that the attempt was gone (it took its next trial):
+    # nothing more in the attempt's folders, which it had written to before the cut.
+    assert search_a["lost_files_after_heal"] and search_a["lost_files_at_end"] == search_a["lost_files_after_heal"]
 
 
 def test_node_2_lost_its_trial_re_run_on_node_1_and_the_search_ended(search_a):
     trial, attempt = search_a["killed"]
-    lost = _end_of(search_a["events"], trial, attempt)
+    lost = end_of(search_a["events"], trial, attempt)
     assert lost["status"] == "RETRY" and lost["cause"] == "chief", lost
     assert search_a["killed_rerun"]["worker"] == search_a["workers"][1]
     assert f"search finished: {TRIALS_A} completed, 0 failed of {TRIALS_A}" in search_a["chief_log"]
 
 
 # -- search B: node 2 used again, mutual TLS, the chief's node lost --------------------------------
-
-PROBE = """
-import grpc, socket, sys, time
-deadline = time.monotonic() + 120
-while True:  # the chief must be there (its port open) for a refusal to mean anything
-    try:
-        socket.create_connection(("chief", 8000), timeout=2).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            sys.exit(3)
-        time.sleep(1)
-ca = open("/run/secrets/ca.pem", "rb").read()
-refused = 0
-for tls in (False, True):
-    if tls:  # trusts the cluster's CA, but has no client certificate
-        channel = grpc.secure_channel("chief:8000", grpc.ssl_channel_credentials(root_certificates=ca),
-                                      options=[("grpc.ssl_target_name_override", "ktcluster-chief")])
-    else:
-        channel = grpc.insecure_channel("chief:8000")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=5)
-        channel.unary_unary("/ktcluster.Cluster/Heartbeat")(b"", timeout=5)
-        print("served", "tls" if tls else "plaintext")
-    except grpc.FutureTimeoutError:
-        refused += 1
-        print("refused", "tls" if tls else "plaintext", "(never ready)")
-    except grpc.RpcError as exc:
-        print("rpc", "tls" if tls else "plaintext", exc.code(), exc.details())
-        refused += exc.code() == grpc.StatusCode.UNAVAILABLE
-sys.exit(7 if refused == 2 else 1)
-"""
-
-
-class Probe:
-    """A one-off service on node 2, on the stack's overlay network, without a certificate: it
-    waits for the chief's port, then tries plaintext and TLS without a client certificate."""
-
-    def __init__(self, cluster, s):
-        self.cluster, self.name = cluster, f"{s.name}_probe"
-        cluster.manager.docker("service", "create", "--detach", "--name", self.name, "--network",
-                               f"{s.name}_default", "--restart-condition", "none", "--constraint",
-                               "node.role == manager", "--secret", f"source={s.name}_tls_ca,target=ca.pem",
-                               f"ktcluster:{cluster.image_tag}", "python", "-c", PROBE)
-
-    def ended(self) -> dict | None:
-        tasks = self.cluster.tasks(self.name)
-        if not tasks or tasks[0]["CurrentState"].split()[0] not in ("Complete", "Failed"):
-            return None
-        logs = self.cluster.manager.docker("service", "logs", "--raw", self.name, check=False).stdout
-        return {"task": tasks[0], "logs": logs}
-
-    def remove(self) -> None:
-        self.cluster.manager.docker("service", "rm", self.name, check=False)
-
 
 @pytest.fixture(scope="module")
 def search_b(cluster, search_a, tmp_path_factory):
@@ -388,8 +247,10 @@ def test_chief_rescheduled_on_node_2_resumed_and_re_ran_nothing_finished(search_
 def test_every_trial_completed_exactly_once_with_tls_and_the_chief_moved(search_b):
     _completed_once(search_b, TRIALS_B)
     trial, attempt = search_b["killed"]
-    rerun = _start_of(search_b["events"], trial, attempt + 1)
-    assert rerun and rerun["worker"] == search_b["workers"][2], rerun  # node 1's trial finished on node 2
+    # Node 1's trial ran again on node 2 (the only node left), by node 2's worker or by node 1's
+    # worker task rescheduled there (same slot, same id).
+    assert start_of(search_b["events"], trial, attempt + 1), search_b["events"]
+    assert end_of(search_b["events"], trial, attempt + 1)["status"] == "COMPLETED"
 
 
 def test_workers_redialled_the_moved_chief(search_b):
