@@ -165,6 +165,8 @@ def test_long_cut_takes_node_2s_trial_to_node_1_and_its_late_attempt_counts_for_
     row = next(r for r in search_a["trials"] if r["trial_id"] == trial)
     assert row["worker"] == workers[1] and int(row["attempts"]) == attempt + 1
     assert search_a["node1_state_after_cut"] == "ready"  # the swarm kept its tasks; only the trial moved
+    # Node 2's worker was held in a progress report through the cut; sent after the heal, refused.
+    assert f"of trial {trial} attempt {attempt} from {workers[2]} refused" in search_a["chief_log"]
     # After the heal node 2's worker learnt that the attempt was gone (it took its next trial):
     # nothing more in the attempt's folders, which it had written to before the cut.
     assert search_a["lost_files_after_heal"] and search_a["lost_files_at_end"] == search_a["lost_files_after_heal"]
