@@ -75,6 +75,10 @@ NOT_PROCESS_SETTINGS: dict[str, str] = {
     "KTC_IMAGE_TAG": "compose: tag of the ktcluster image",
     "KTC_COMPOSE_PROJECT": "compose: the Compose project name",
     "KTC_IMAGE": "swarm: image repository of stack.yaml (a registry's name on several nodes)",
+    "KTC_CHIEF_CONSTRAINT": "swarm: placement constraint of the chief (default node.role == manager)",
+    "KTC_SHARE_TYPE": "swarm: stack.shared.yaml: mount type of the shared volumes (default nfs)",
+    "KTC_SHARE_OPTIONS": "swarm: stack.shared.yaml: mount options of the shared volumes (addr=...)",
+    "KTC_SHARE_DEVICE": "swarm: stack.shared.yaml: the share holding state/, logs/ and data/",
     # Read by the test suite and CI only; they are exported to the processes tests start.
     "KTC_E2E_REQUIRED": "tests: Docker must be usable (.ci/run)",
     "KTC_BROWSER_REQUIRED": "tests: a browser must be usable (.ci/run)",

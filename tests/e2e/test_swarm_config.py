@@ -65,6 +65,30 @@ def test_finished_tasks_are_not_restarted_and_no_virtual_ips():
     assert stack["chief"]["deploy"]["placement"]["constraints"] == ["node.role == manager"]
 
 
+def test_chief_placement_is_a_setting_for_several_nodes():
+    out = _docker("stack", "config", "-c", "stack.yaml", env={"KTC_CHIEF_CONSTRAINT": "node.labels.ktc.chief == true"})
+    assert "- node.labels.ktc.chief == true" in out
+
+
+SHARE = {"KTC_SHARE_OPTIONS": "addr=10.0.0.5,rw,nfsvers=4.1", "KTC_SHARE_DEVICE": ":/export/ktcluster"}
+
+
+def test_shared_variant_puts_every_volume_on_the_one_share():
+    out = _docker("stack", "config", "-c", "stack.yaml", "-c", "stack.shared.yaml", env=SHARE)
+    for volume in ("state", "logs", "data"):
+        assert f"device: :/export/ktcluster/{volume}" in out
+    assert out.count("type: nfs") == 3 and out.count("o: addr=10.0.0.5,rw,nfsvers=4.1") == 3
+    stack = json.loads(_docker("compose", "-p", "ktcswcfg", "-f", "stack.yaml", "-f", "stack.shared.yaml", "config",
+                               "--format", "json", env=SHARE))
+    assert stack["services"] == services("stack.yaml")  # the services are untouched: only the volumes move
+
+
+def test_shared_variant_names_the_missing_share():
+    proc = subprocess.run(["docker", "stack", "config", "-c", "stack.yaml", "-c", "stack.shared.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    assert proc.returncode != 0 and "set KTC_SHARE_OPTIONS to the mount options of the share" in proc.stderr
+
+
 def test_only_tensorboard_is_published_in_host_mode():
     stack = services("stack.yaml")
     assert "ports" not in stack["chief"] and "ports" not in stack["worker"]
