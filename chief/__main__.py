@@ -124,6 +124,11 @@ def _hold_and_serve(settings, server, port, metrics) -> int:
         held = project.take(settings)
     except project.Refused as exc:  # a chief that holds the project: no failure record (its workers need it)
         return _refused(settings, exc)
+    from shared import layout
+
+    # Going on with a project marked finished (KTC_MAX_TRIALS raised): say so to the workers now,
+    # before the data and the model load; a search over after all marks it again at its end.
+    layout.withdraw_finished(settings.project_state_dir)
     try:
         return _serve(settings, server, port, metrics)
     finally:

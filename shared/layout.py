@@ -43,6 +43,12 @@ def finished_marker(project_state_dir: str) -> str:
     return os.path.join(project_state_dir, FINISHED_MARKER)
 
 
+def withdraw_finished(project_state_dir: str) -> None:
+    """Remove FINISHED_MARKER if it is there (a chief that goes on with the project)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(finished_marker(project_state_dir))
+
+
 def search_finished(project_state_dir: str) -> bool:
     """True when the project is marked finished. A worker decides with `FinishedWatch` instead: a
     marker it found as it started may be one that a chief is about to remove (see below)."""

@@ -7,7 +7,9 @@ Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
 A project marked finished when the worker starts is not over yet for it: a chief started with it
 may continue it (KTC_MAX_TRIALS raised). The worker waits for the chief's word before it loads
 anything (`_await_chief`, shared.layout.FinishedWatch): the marker withdrawn (go on), re-confirmed
-(exit 0), a failed start (the chief's code), or no chief within KTC_CHIEF_TIMEOUT_SECONDS (exit 0).
+(exit 0), a failed start (the chief's code), or no chief's word within KTC_LEASE_SECONDS + 30 s
+(at most KTC_CHIEF_TIMEOUT_SECONDS; exit 0): a continuing chief withdraws the marker as soon as it
+holds the project, before it loads data or model.
 """
 
 from __future__ import annotations
@@ -103,17 +105,22 @@ def main() -> int:
 
 
 AWAIT_POLL_SECONDS = 0.25  # how often a worker on a project marked finished looks for the chief's word
+#: A chief that goes on with a project marked finished withdraws the marker once it holds the project:
+#: seconds after it starts, or after the lease of a chief that died holding it. A worker on a finished
+#: project waits that long (at most KTC_CHIEF_TIMEOUT_SECONDS) for a chief before taking it as over.
+FINISHED_WAIT_SECONDS = 30
 
 
 def _await_chief(settings, tuner_id: str, finished, failures) -> int | None:
     """The project was marked finished as this worker started: wait for the chief's word before
     loading anything. None: go on (a chief continues the project: it withdrew the marker); else the
     exit code: 0 when the marker is written again (the chief only reports the project, or a search
-    ended meanwhile) or still unchanged after KTC_CHIEF_TIMEOUT_SECONDS (no chief continued it);
+    ended meanwhile) or still there after FINISHED_WAIT_SECONDS past the lease (no chief continued it);
     the chief's own code when it records a failed start."""
-    project, wait = settings.project, settings.chief_timeout_seconds
+    project = settings.project
+    wait = min(settings.chief_timeout_seconds, settings.lease_seconds + FINISHED_WAIT_SECONDS)
     log.info("%s: project %s is marked finished: waiting for the chief to continue it (e.g. KTC_MAX_TRIALS "
-             "raised) or to report it, up to %.0fs (KTC_CHIEF_TIMEOUT_SECONDS)", tuner_id, project, wait)
+             "raised) or to report it, up to %.0fs", tuner_id, project, wait)
     deadline, pause = time.monotonic() + wait, threading.Event()
     while True:
         if finished.final():
@@ -127,8 +134,8 @@ def _await_chief(settings, tuner_id: str, finished, failures) -> int | None:
             return _fail(failure.code, f"{tuner_id}: the chief could not start (it exited {failure.code}): "
                                        f"{failure.reason}")
         if time.monotonic() >= deadline:
-            log.info("%s: project %s is finished and no chief continued it within %.0fs "
-                     "(KTC_CHIEF_TIMEOUT_SECONDS); nothing to do", tuner_id, project, wait)
+            log.info("%s: project %s is finished and no chief continued it within %.0fs; nothing to do",
+                     tuner_id, project, wait)
             return 0
         pause.wait(AWAIT_POLL_SECONDS)
 

@@ -137,15 +137,16 @@ def test_restarted_chief_on_finished_project_reruns_nothing(tmp_path):
         before = journal(tmp_path)
         again = start("chief-again", python("chief"), env, tmp_path)
         assert again.wait(timeout=60) == 0
-        # No chief comes for it: a marker older than the worker is final once none came within
-        # KTC_CHIEF_TIMEOUT_SECONDS (a chief started with it might have continued the project).
+        # No chief comes for it: a marker older than the worker is final once none came within a
+        # lease and FINISHED_WAIT_SECONDS, at most KTC_CHIEF_TIMEOUT_SECONDS (a chief started with
+        # it might have continued the project).
         late = start("late-worker", python("worker"), {**_worker_env(env, "worker-9"),
                                                        "KTC_CHIEF_TIMEOUT_SECONDS": "5"}, tmp_path)
         assert late.wait(timeout=60) == 0
     assert journal(tmp_path) == before
     assert "is already finished: reporting it as it was run" in again.output()
     assert "search finished: 2 completed, 0 failed of 2" in again.output()
-    assert "is finished and no chief continued it within 5s (KTC_CHIEF_TIMEOUT_SECONDS); nothing to do" in late.output()
+    assert "is finished and no chief continued it within 5s; nothing to do" in late.output()
     assert "trains on" not in late.output()  # it loaded nothing
     assert_exactly_once(tmp_path, 2)
     configs = list((tmp_path / "logs" / "itest").glob("events.out.tfevents.*.ktcluster-hparams"))

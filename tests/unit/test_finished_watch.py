@@ -43,8 +43,8 @@ def test_a_withdrawn_marker_and_one_written_after_the_start(tmp_path, marked):
     assert fresh.final()
 
 
-def _wait(folder, timeout=30.0):
-    settings = types.SimpleNamespace(project="p", chief_timeout_seconds=timeout)
+def _wait(folder, timeout=30.0, lease=60.0):
+    settings = types.SimpleNamespace(project="p", chief_timeout_seconds=timeout, lease_seconds=lease)
     return _await_chief(settings, "worker-1", layout.FinishedWatch(str(folder)), layout.ChiefFailureWatch(str(folder)))
 
 
@@ -82,4 +82,16 @@ def test_no_word_from_any_chief_ends_the_wait_after_the_timeout(marked, caplog):
     with caplog.at_level(logging.INFO, logger="ktcluster.worker"):
         assert _wait(marked, timeout=0.6) == 0
     assert 0.5 < time.monotonic() - started < 5
-    assert "no chief continued it within 1s (KTC_CHIEF_TIMEOUT_SECONDS); nothing to do" in caplog.text
+    assert "no chief continued it within 1s; nothing to do" in caplog.text
+
+
+def test_a_worker_restarted_after_the_end_waits_a_lease_and_a_little_not_the_chief_timeout(marked, monkeypatch):
+    """A worker that Swarm restarts after the search ended finds no chief: it waits for one as long
+    as a continuing chief can take to withdraw the marker (a lease, then FINISHED_WAIT_SECONDS), not
+    KTC_CHIEF_TIMEOUT_SECONDS (300 s by default)."""
+    import worker.__main__ as worker_main
+
+    monkeypatch.setattr(worker_main, "FINISHED_WAIT_SECONDS", 0.5)
+    started = time.monotonic()
+    assert _wait(marked, timeout=300.0, lease=0.3) == 0
+    assert 0.7 < time.monotonic() - started < 5
