@@ -306,7 +306,7 @@ def _files(folder) -> dict:
 
 
 def test_a_paused_worker_back_after_its_lease_writes_nothing_and_exits_soon(tmp_path):
-    env = _env(tmp_path, KTC_MAX_TRIALS=3, KTC_EPOCHS=3, KTC_TEST_SLEEP=0.3, KTC_CHIEF_TIMEOUT_SECONDS=120)
+    env = _env(tmp_path, KTC_MAX_TRIALS=2, KTC_EPOCHS=3, KTC_TEST_SLEEP=0.3, KTC_CHIEF_TIMEOUT_SECONDS=120)
     with processes() as start:
         chief = start("chief", python("chief"), env, tmp_path)
         paused = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
@@ -333,7 +333,7 @@ def test_a_paused_worker_back_after_its_lease_writes_nothing_and_exits_soon(tmp_
     rewritten = sorted(p for p in set(now) | set(accepted)
                        if not abandoned.match(p) and now.get(p) != accepted.get(p))
     rows = {r["trial_id"]: r for r in _rows(tmp_path)}
-    problems = _once_problems(tmp_path, 3)
+    problems = _once_problems(tmp_path, 2)
     if rows.get(trial, {}).get("worker") != "worker-2" or rows[trial].get("attempts") != "2":
         problems.append(f"trial {trial} row: {rows.get(trial)}")
     if rewritten:
