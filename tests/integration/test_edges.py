@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 
+import grpc
 import pytest
 
 from tests.conftest import ROOT
@@ -305,7 +306,7 @@ def _files(folder) -> dict:
 
 
 def test_a_paused_worker_back_after_its_lease_writes_nothing_and_exits_soon(tmp_path):
-    env = _env(tmp_path, KTC_MAX_TRIALS=3, KTC_EPOCHS=3, KTC_TEST_SLEEP=0.3, KTC_CHIEF_TIMEOUT_SECONDS=120)
+    env = _env(tmp_path, KTC_MAX_TRIALS=2, KTC_EPOCHS=3, KTC_TEST_SLEEP=0.3, KTC_CHIEF_TIMEOUT_SECONDS=120)
     with processes() as start:
         chief = start("chief", python("chief"), env, tmp_path)
         paused = start("w1", python("worker"), _worker_env(env, "worker-1"), tmp_path)
@@ -332,7 +333,7 @@ def test_a_paused_worker_back_after_its_lease_writes_nothing_and_exits_soon(tmp_
     rewritten = sorted(p for p in set(now) | set(accepted)
                        if not abandoned.match(p) and now.get(p) != accepted.get(p))
     rows = {r["trial_id"]: r for r in _rows(tmp_path)}
-    problems = _once_problems(tmp_path, 3)
+    problems = _once_problems(tmp_path, 2)
     if rows.get(trial, {}).get("worker") != "worker-2" or rows[trial].get("attempts") != "2":
         problems.append(f"trial {trial} row: {rows.get(trial)}")
     if rewritten:
@@ -430,12 +431,17 @@ def test_a_full_state_disk_refuses_with_unavailable_logs_rarely_and_recovers_exa
             if not 1 <= len(disk_lines) <= 1 + window / 3:
                 problems.append(f"{len(disk_lines)} log lines about the full disk in {window:.0f}s: "
                                 f"{disk_lines[:5]}")
+            # The held trial is settled by the first answer that is not UNAVAILABLE: OK (stored now)
+            # or a refusal because the chief stored the end itself once the disk was back (retrying
+            # the report then would only burn the deadline). Exact-once is judged from the journal
+            # and trials.csv below, not from this answer.
             deadline = time.monotonic() + 30
             while holding is not None and time.monotonic() < deadline:
-                if scripted.finish(holding, 0.5).ok:
+                if scripted.finish(holding, 0.5).code != grpc.StatusCode.UNAVAILABLE:
                     holding = None
-                time.sleep(0.3)
-            with contextlib.suppress(AssertionError):
+                else:
+                    time.sleep(0.3)
+            with contextlib.suppress(AssertionError):  # asking at once: told STOPPED, not left to the grace
                 scripted.run_until_stopped(90)
             client.close()
             chief_code, worker_code = _exit_code(chief, 90), _exit_code(worker, 60)

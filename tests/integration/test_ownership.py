@@ -25,6 +25,7 @@ from chief import recovery
 from chief.journal import read_lines
 from chief.ownership import Claim
 from tests.conftest import ROOT
+from tests.fixtures.models import held_file
 from tests.procs import cluster_env, free_port, processes, python, wait_until
 
 FIXTURES = dict(KTC_DATASET="tests.fixtures.models:tiny_data", KTC_MODEL="tests.fixtures.models:build_model",
@@ -78,8 +79,13 @@ def _no_traceback(*procs):
 
 
 def test_a_second_chief_on_the_project_exits_2_naming_the_first_and_the_search_runs_once(tmp_path):
-    env = _env(tmp_path, KTC_MAX_TRIALS=6, KTC_TEST_SLEEP=1)
+    # The first chief's worker is held inside its first trial until the second chief has been
+    # refused (so the first is certainly still serving then), then the search runs at full speed.
+    env = _env(tmp_path, KTC_MAX_TRIALS=6, KTC_MODEL="tests.fixtures.models:build_held")
     second_env = _other_port(env)
+    hold = held_file(env["KTC_DATA_DIR"])
+    os.makedirs(os.path.dirname(hold), exist_ok=True)
+    open(hold, "w").close()
     with processes() as start:
         first = start("chief-1", python("chief"), env, tmp_path)
         worker = start("w1", python("worker"), _worker(env, "worker-1"), tmp_path)
@@ -87,7 +93,8 @@ def test_a_second_chief_on_the_project_exits_2_naming_the_first_and_the_search_r
         second = start("chief-2", python("chief"), second_env, tmp_path)
         other = start("w2", python("worker"), _worker(second_env, "worker-2", KTC_CHIEF_TIMEOUT_SECONDS=15), tmp_path)
         assert second.wait(timeout=120) == 2, second.output()[-3000:]
-        assert first.popen.poll() is None, "the first chief finished before the second was refused: make trials slower"
+        assert first.popen.poll() is None, "the first chief finished before the second was refused"
+        os.unlink(hold)
         said = _said(second)
         assert len(said) == 1, second.output()[-3000:]
         assert f"host {socket.gethostname()} (pid {first.pid})" in said[0] and " UTC, generation 1" in said[0], said
@@ -105,7 +112,7 @@ def test_a_second_chief_on_the_project_exits_2_naming_the_first_and_the_search_r
 
 
 def test_a_chief_paused_past_its_lease_loses_the_project_writes_nothing_more_and_exits(tmp_path):
-    env = _env(tmp_path, KTC_MAX_TRIALS=5, KTC_TEST_SLEEP=0.5)
+    env = _env(tmp_path, KTC_MAX_TRIALS=3, KTC_TEST_SLEEP=0.5)
     second_env = _other_port(env)
     project = _project(tmp_path)
     with processes() as start:
@@ -140,10 +147,10 @@ def test_a_chief_paused_past_its_lease_loses_the_project_writes_nothing_more_and
     takeover = next(i for i, e in enumerate(lines) if e["event"] == "chief" and e["g"] == 2)
     assert [e for e in lines[takeover:] if e.get("g") != 2] == []  # nothing of the first chief after it
     assert Claim.parse((project / "ktcluster-chief.2.json").read_bytes()).released
-    runs, completed = _exactly_once(tmp_path, 5)
-    assert completed == {str(i): 1 for i in range(5)}, completed
+    runs, completed = _exactly_once(tmp_path, 3)
+    assert completed == {str(i): 1 for i in range(3)}, completed
     code, output = _status(env, tmp_path)
-    assert code == 0 and "5/5 done" in output, output
+    assert code == 0 and "3/3 done" in output, output
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ the same attempt number (one start in the journal for two trainings). Now the ne
 with one line and exits 2, the original resumes its attempt, and every training has its own start.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -27,7 +28,9 @@ def _trainings(*outputs) -> dict[str, int]:
 
 
 def test_a_newcomer_with_a_training_workers_id_during_a_chief_restart_inherits_nothing(tmp_path):
-    env = _env(tmp_path, KTC_MAX_TRIALS=1, KTC_EPOCHS=6, KTC_HEARTBEAT_SECONDS=4, KTC_LEASE_SECONDS=40,
+    # 2 epochs of 3 s: the original is frozen about 1 s into its training (SIGSTOP with the chief's
+    # kill, so however slow the newcomer's start-up, the trial is still mid-fit when it is resumed).
+    env = _env(tmp_path, KTC_MAX_TRIALS=1, KTC_EPOCHS=2, KTC_HEARTBEAT_SECONDS=4, KTC_LEASE_SECONDS=40,
                KTC_CHIEF_TIMEOUT_SECONDS=120)
     slow = {**_worker_env(env, "worker-1"), "KTC_TEST_SLEEP": "1.0"}
     with processes() as start:
@@ -37,13 +40,17 @@ def test_a_newcomer_with_a_training_workers_id_during_a_chief_restart_inherits_n
         time.sleep(1.0)  # mid-fit
         os.kill(chief.pid, signal.SIGKILL)
         chief.popen.wait(timeout=10)
-        newcomer = start("newcomer", python("worker"), slow, tmp_path)
-        wait_until(lambda: "chief unreachable" in newcomer.output(), 120, 0.2, what="the newcomer to wait for the chief")
         os.kill(original.pid, signal.SIGSTOP)  # the newcomer calls the restarted chief first
         try:
+            newcomer = start("newcomer", python("worker"), slow, tmp_path)
+            wait_until(lambda: "chief unreachable" in newcomer.output(), 120, 0.2,
+                       what="the newcomer to wait for the chief")
             again = start("chief-2", python("chief"), env, tmp_path)
             assert ready(_port(env), 180), again.output()[-2000:]
-            time.sleep(3.0)  # the newcomer has asked for the id by now
+            # until the newcomer has asked for the id: refused (it exits) or given it (it trains)
+            with contextlib.suppress(AssertionError):  # judged below from exit codes and trainings
+                wait_until(lambda: newcomer.popen.poll() is not None or " starts trial " in newcomer.output(),
+                           30, 0.2, what="the newcomer's answer")
         finally:
             os.kill(original.pid, signal.SIGCONT)
         codes = {"chief": _exit_code(again, 240), "newcomer": _exit_code(newcomer, 60),
