@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import logging
 
-from keras_tuner.engine import trial as trial_module
-
-from chief.journal import Event
 from chief.leases import token_digest
-from chief.trials import Caller, Cause, Phase, Refused, TrialBook
+from chief.trials import Caller, Refused
 from shared import fingerprint as fingerprints
 
 log = logging.getLogger("ktcluster.chief")
-INVALID = trial_module.TrialStatus.INVALID
 
 
 class SettingsMismatch(Refused):
@@ -34,19 +30,9 @@ class SettingsMismatch(Refused):
     code = "FAILED_PRECONDITION"
 
 
-def restore_tokens(events: list[dict], book: TrialBook) -> None:
-    """Give each replayed run the token digest its latest start line recorded (None for lines
-    written before tokens, and for stock clients)."""
-    for event in events:
-        if event.get("event") == Event.START.value:
-            run = book.runs.get(event.get("trial"))
-            if run is not None:
-                run.token = event.get("token")
-
-
 class ClaimsMixin:
     """Register, heartbeats and the admission of callers, for chief.coordinator.Coordinator
-    (which provides the lock, the leases, the book, the oracle and `_end`)."""
+    (which provides the lock, the leases, the book, the oracle, the journal and `_lose`)."""
 
     fingerprint: dict | None = None  # the chief's settings fingerprint (shared.fingerprint)
 
@@ -98,20 +84,16 @@ class ClaimsMixin:
         for trial_id, run in list(self.book.running.items()):
             if run.owner != worker or run.stock or run.token is None or run.token == token:
                 continue
-            trial = self.oracle.trials[trial_id]
-            message = f"AttemptLost: a new process took worker id {worker}; attempt {run.attempt} was another's"
-            trial.status, trial.message = INVALID, message
-            self._end(trial, worker, message, cause=Cause.CHIEF)
-            queued = self.book.runs[trial_id].phase is Phase.QUEUED
-            log.warning("trial %s: %s; %s", trial_id, message, "re-queued" if queued else "out of retries")
-            self._lost_later.append((trial_id, run.attempt, message))
+            self._lose(trial_id, worker, f"AttemptLost: a new process took worker id {worker}; attempt "
+                                        f"{run.attempt} was another's")
             self._check_finished()
 
     def _start_attempt(self, trial, tuner_id: str, caller: Caller, now: float):
-        """The state machine's start of a new attempt, and its journal line naming the token."""
+        """The state machine's start of a new attempt (its journal line naming the token), the
+        oracle following; the run after it."""
         token = None if caller.anonymous else token_digest(caller.instance)
-        run = self.book.start(trial.trial_id, tuner_id, stock=caller.anonymous, now=now, token=token)
-        fields = {"token": token} if token else {}
-        self.journal.record(Event.START, trial=trial.trial_id, worker=tuner_id, attempt=run.attempt,
-                            stock=caller.anonymous, **fields)
-        return run
+        started = self.book.decide_start(trial.trial_id, tuner_id, stock=caller.anonymous, now=now, token=token)
+        effects = self.book.apply(started)
+        self.oracle.follow(effects, trial)
+        self.journal.append(started.to_record())
+        return effects.run

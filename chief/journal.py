@@ -4,8 +4,9 @@ One JSON object per line, in `<project>/ktcluster-runs.jsonl`:
 - `space`: a search space, referred to by trial lines (it is most of a state);
 - `trial`: a trial's whole state (what KerasTuner keeps in trial.json);
 - `metrics`: what one progress report added (written by earlier versions; still replayed);
-- `start` / `end`: the trial state machine's transitions (chief.trials): who ran which attempt,
-  when, and how it ended;
+- `start` / `end`: the trial state machine's moves, named by it (chief.records.Move) and written
+  and read by its records (`Started`/`Ended`.to_record, `from_record`, with a version `v`): who
+  ran which attempt, when, and how it ended;
 - `chief`: a chief took the project over (chief.ownership), with its generation `g`.
 
 Fencing (one chief per project, chief.ownership). A chief that holds the project opens the
@@ -41,6 +42,8 @@ from typing import Iterator, Protocol
 
 import orjson
 
+from chief.records import Move
+
 JOURNAL = "ktcluster-runs.jsonl"
 log = logging.getLogger("ktcluster.chief")
 
@@ -49,8 +52,8 @@ class Event(str, enum.Enum):
     SPACE = "space"
     TRIAL = "trial"
     METRICS = "metrics"
-    START = "start"
-    END = "end"
+    START = Move.START.value
+    END = Move.END.value
     CHIEF = "chief"
 
 
@@ -292,6 +295,16 @@ class RunJournal:
         if self.generation is not None:
             line["g"] = self.generation
         self._pending += encode(line)
+
+    def append(self, record: dict) -> None:
+        """Buffer one line holding `record` (a record's `to_record()`, its time included)."""
+        if self.generation is not None:
+            record = {**record, "g": self.generation}
+        self._pending += encode(record)
+
+    def pending_events(self) -> list[dict]:
+        """The buffered lines, decoded (what the next commit writes)."""
+        return decode(bytes(self._pending), self.path).events
 
     def commit(self) -> None:
         """Append every buffered line, or none: on failure the file is cut back to its last whole

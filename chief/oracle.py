@@ -8,24 +8,28 @@ Every private KerasTuner name ktcluster's chief uses is used here and nowhere el
 - `Oracle._save_trial(trial)`: stock's hook for "a trial changed" (create, report, end);
   overridden to journal the state before the reply and write trial.json behind.
 - `Oracle._check_consecutive_failures()`: stock scans every ended trial (O(trials) per result) and
-  raises inside `@synchronized`, leaving the oracle half-updated and its lock held; overridden
-  to check the tail and record the stop instead of raising.
+  raises inside `@synchronized`, leaving the oracle half-updated and its lock held; overridden to
+  do nothing: the stop policy (chief.stopping) counts failures in a row from the state machine.
 - `Oracle._set_project_dir`, `_project_dir`, `_get_oracle_fname`, `_get_trial_dir`: where stock
   keeps its files (read by StateWriter and tools such as `tuner.reload()`).
 - `Oracle._check_objective_found(metrics)`: stock's check that a report holds the objective,
   run before the report reaches the oracle (inside `update_trial` it would raise under the lock).
-- `Oracle._retry_queue`, `_run_times`, `_id_to_hash`, `_tried_so_far`, `_compute_values_hash`:
-  the retry queue and tried values, read by the coordinator and rebuilt by `restore`.
+- `Oracle._retry_queue`, `_run_times`, `_id_to_hash`, `_tried_so_far`, `_compute_values_hash`,
+  `tuner_ids`, `ongoing_trials`: the retry queue, tried values and workers not told to stop, made
+  to follow the trial state machine (`follow`, `forget_worker`, `keep_waiting`), rebuilt by
+  `restore`, and shown to the invariant check (`bookkeeping`); never read to decide anything.
 - `engine.oracle.LOCKS` / `THREADS`: `@synchronized` releases its lock only on a normal return;
   `release_lock_after_error` releases it when a stock method raised.
-- `Oracle._retry(trial)`: stock prints `Trial 07 failed 1 times. 1 retries left.` bare to stdout;
-  overridden to send what it prints to the chief's log, in its format.
+- `Oracle._retry(trial)`: stock decides a retry itself and prints `Trial 07 failed 1 times. 1
+  retries left.` bare to stdout; overridden to follow the state machine's decision and send what
+  stock prints to the chief's log, in its format.
 Tested with keras-tuner TESTED_KERAS_TUNER; `version_warning()` says so when another is installed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import importlib.metadata
 import io
@@ -41,7 +45,7 @@ from keras_tuner.engine import trial as trial_module
 
 from chief.journal import JOURNAL
 from chief.recovery import InconsistentState
-from chief.trials import InvalidRequest, Phase, TrialBook
+from chief.trials import Effects, Ended, InvalidRequest, OracleStep, Phase, Queued, TrialBook
 
 TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
 MAX_HYPERPARAMETERS = 1000
@@ -50,6 +54,16 @@ RUNNING = trial_module.TrialStatus.RUNNING
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 stock_log = logging.getLogger("ktcluster.keras_tuner")  # what stock prints, as chief log lines
 log = logging.getLogger("ktcluster.chief")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bookkeeping:
+    """Stock's own record of the trials: running trial by worker, retry queue, status by trial, ended attempts by trial."""
+
+    running: dict[str, str]
+    queued: list[str]
+    statuses: dict[str, str]
+    run_times: dict[str, int]
 
 
 class InvalidSpace(ValueError):
@@ -76,7 +90,7 @@ class ClusterOracleMixin:
 
     journal = None  # chief.journal.RunJournal
     writer = None  # chief.statefiles.StateWriter
-    failure_streak: str | None = None  # set when max_consecutive_failed_trials were reached
+    _following: Phase | None = None  # the outcome the state machine decided, while `follow` ends a trial
 
     def attach(self, journal, writer) -> None:
         self.journal, self.writer = journal, writer
@@ -93,28 +107,28 @@ class ClusterOracleMixin:
         self.writer.save()
 
     def _retry(self, trial) -> bool:
-        """Stock's retry decision; what it prints goes to the log (sys.stdout is swapped for the
-        call: a print from another thread meanwhile is logged too, never lost)."""
+        """The state machine's decision (`follow`) made stock's: the trial queued for a retry or
+        ended with the outcome decided. What stock prints goes to the log (sys.stdout is swapped
+        for the call: a print from another thread meanwhile is logged too, never lost)."""
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
-                return super()._retry(trial)
+                retried = super()._retry(trial)
         finally:
             for line in filter(None, map(str.strip, printed.getvalue().splitlines())):
                 stock_log.info("KerasTuner: %s", line)
+        decided = self._following
+        if decided is None or retried is (decided is Phase.QUEUED):
+            return retried
+        if retried:
+            self._retry_queue.remove(trial.trial_id)
+        else:
+            self._retry_queue.append(trial.trial_id)
+        trial.status = trial_module.TrialStatus.INVALID if decided is Phase.QUEUED else decided.value
+        return decided is Phase.QUEUED
 
     def _check_consecutive_failures(self) -> None:
-        """Only the tail of `end_order` can form a new run of failures; record it, never raise."""
-        limit, run = self.max_consecutive_failed_trials, 0
-        for trial_id in reversed(self.end_order):
-            trial = self.trials[trial_id]
-            if trial.status != trial_module.TrialStatus.FAILED:
-                return
-            run += 1
-            if run >= limit:
-                self.failure_streak = (f"{limit} trials failed in a row (KTC_MAX_CONSECUTIVE_FAILURES); last error: "
-                                       f"{short_message(trial.message)}")
-                return
+        """Off: chief.stopping.StopPolicy decides when failures in a row stop the search."""
 
     # -- what the coordinator and the state files ask ---------------------------------------
     @property
@@ -129,11 +143,56 @@ class ClusterOracleMixin:
 
     @property
     def queued_ids(self) -> list[str]:
+        """Stock's retry queue (tests and the invariant check read it; the chief never does)."""
         return self._retry_queue
 
-    def trial_restarted(self, trial) -> None:
-        """A retry was handed out: stock does not save it, so its state would still say INVALID."""
-        self._save_trial(trial)
+    # -- the adapter: the oracle follows the trial state machine (chief.trials) ---------------
+    def follow(self, effects: Effects, trial=None) -> None:
+        """Carry out `effects.oracle`. END: stock's end_trial with `trial` (the worker's copy, its
+        status and message), the retry queue and final status as the machine decided; RESTARTED:
+        the retried trial (`trial`, as create_trial returned it) saved, stock does not."""
+        if effects.oracle is OracleStep.RESTARTED:
+            self._save_trial(trial)
+        elif effects.oracle is OracleStep.END:
+            assert isinstance(effects.event, Ended)
+            self._following = effects.event.outcome
+            try:
+                self.end_trial(trial)
+            finally:
+                self._following = None
+
+    def verdict(self, trial) -> str:
+        """The status the algorithm gives an ending attempt, before any retry is decided: stock
+        counts a COMPLETED one whose objective scores NaN as INVALID."""
+        if trial.status != trial_module.TrialStatus.COMPLETED or trial.trial_id not in self.trials:
+            return trial.status
+        recorded = self.trials[trial.trial_id]
+        self.score_trial(recorded)  # stock scores it again in end_trial, with the same metrics
+        score = recorded.score
+        return trial_module.TrialStatus.INVALID if score is not None and score != score else trial.status
+
+    def lost_copy(self, trial_id: str, message: str):
+        """What the chief ends a lost attempt with: the trial as recorded, INVALID, with `message`."""
+        recorded = self.trials[trial_id]
+        return trial_module.Trial(recorded.hyperparameters, trial_id=trial_id,
+                                  status=trial_module.TrialStatus.INVALID, message=message)
+
+    def forget_worker(self, worker: str) -> None:
+        """`worker` will not hear STOPPED (its lease ran out, or the search stopped): stop waiting for it."""
+        self.tuner_ids.discard(worker)
+
+    def keep_waiting(self, worker: str) -> None:
+        """`worker` was told IDLE instead of STOPPED: it will ask again, and must hear STOPPED then."""
+        self.tuner_ids.add(worker)
+
+    def workers_not_stopped(self) -> list[str]:
+        """The workers that asked for work and were not yet told STOPPED, sorted."""
+        return sorted(self.tuner_ids)
+
+    def bookkeeping(self) -> "Bookkeeping":
+        """What stock keeps about who runs what, what is queued and what ended (the invariant check)."""
+        return Bookkeeping({w: t.trial_id for w, t in self.ongoing_trials.items()}, list(self._retry_queue),
+                           {t: trial.status for t, trial in self.trials.items()}, dict(self._run_times))
 
     def check_metrics(self, metrics: dict) -> None:
         """Raise ValueError unless a progress report is safe to record: at most MAX_HYPERPARAMETERS
@@ -150,9 +209,9 @@ class ClusterOracleMixin:
                                  "attempt FAILED with why)")
         self._check_objective_found(metrics)
 
-    def end_trial(self, trial) -> None:
-        """Stock's end_trial, after checking that a COMPLETED trial has its objective on record
-        (stock would raise a KeyError inside its lock); InvalidRequest (nothing changed) if not."""
+    def check_end(self, trial) -> None:
+        """InvalidRequest (nothing changed) unless an attempt may end as `trial` says: a COMPLETED
+        trial must have its objective on record (stock would raise a KeyError inside its lock)."""
         if trial.status == trial_module.TrialStatus.COMPLETED and trial.trial_id in self.trials:
             recorded = self.trials[trial.trial_id].metrics.metrics
             if not self.objective.has_value(recorded):
@@ -160,7 +219,6 @@ class ClusterOracleMixin:
                     f"trial {trial.trial_id} ended COMPLETED without a report of its objective "
                     f"{self.objective.name} (reported: {', '.join(sorted(recorded))[:200] or 'nothing'}); report "
                     "it first, or end the attempt FAILED")
-        super().end_trial(trial)
 
     def release_lock_after_error(self) -> None:
         """A stock `@synchronized` method raised in this thread: release the lock it kept."""
@@ -296,19 +354,21 @@ class ClusterOracleMixin:
         return ahead
 
     def _rebuild(self, book: TrialBook) -> dict[str, str]:
-        """The oracle's bookkeeping from the journal's runs: running trials stay with their
-        owners, retries are queued, orders, run counts and tried values rebuilt."""
-        self.ongoing_trials, queue, restored = {}, [], {}
+        """The oracle's bookkeeping made to follow the journal's book: running trials stay with
+        their owners, the book's queue is the retry queue (a trial known only from a state that
+        is not final, from journals before start lines, is queued through the book first),
+        orders, run counts and tried values rebuilt."""
         for trial_id, trial in self.trials.items():
-            run = book.runs.get(trial_id)
-            if run is not None and run.phase is Phase.RUNNING:
-                trial.status = RUNNING
-                self.ongoing_trials[run.owner] = trial
+            if trial_id not in book.runs and trial.status not in FINAL:
+                book.apply(Queued(trial_id))
+        self.ongoing_trials, restored = {}, {}
+        for trial_id, run in book.running.items():
+            if trial_id in self.trials:
+                self.trials[trial_id].status = RUNNING
+                self.ongoing_trials[run.owner] = self.trials[trial_id]
                 self.tuner_ids.add(run.owner)
                 restored[run.owner] = trial_id
-            elif (run is None and trial.status not in FINAL) or (run is not None and run.phase is Phase.QUEUED):
-                queue.append(trial_id)
-        self._retry_queue = queue
+        self._retry_queue = [t for t in book.queued if t in self.trials]
         known = set(self.start_order)
         self.start_order += [t for t in sorted(self.trials, key=int) if t not in known]
         ended = set(self.end_order)

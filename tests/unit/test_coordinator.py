@@ -831,3 +831,37 @@ def test_the_chief_says_when_the_installed_keras_tuner_is_outside_the_tested_ran
         low, high = oracle_module.TESTED_KERAS_TUNER
         assert f"keras-tuner {installed} is installed" in warning and f"{low} to {high}" in warning
         assert "\n" not in warning
+
+
+def test_validate_names_each_way_the_oracle_disagrees_with_the_book(tmp_path):
+    """Issue 23: the book, the journal replayed and the oracle agree after every call (the unit
+    tests' conftest checks it after each); when they do not, validate names the difference."""
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "w1")
+    trial, _ = c.create_trial("w1", me("w1"))
+    c.validate()
+    c.oracle._retry_queue.append(trial.trial_id)  # the oracle's own bookkeeping, changed behind the book
+    with pytest.raises(InconsistentState, match=rf"queued: the book says \[\], the oracle \['{trial.trial_id}'\]"):
+        c.validate()
+    c.oracle._retry_queue.clear()
+    c.book.runs[trial.trial_id].attempt = 5  # the book, changed behind the journal
+    with pytest.raises(InconsistentState, match=f"trial {trial.trial_id}: the book has .* the journal replays to"):
+        c.validate()
+
+
+def test_a_restart_checks_that_the_oracle_follows_the_replayed_book(tmp_path, monkeypatch):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.save_state()
+    one_done_one_running_one_lost(c, clock)
+    kill_9(c)
+    rebuild = oracle_module.ClusterOracleMixin._rebuild
+
+    def forgets_the_queue(self, book):
+        kept = rebuild(self, book)
+        self._retry_queue = []
+        return kept
+
+    monkeypatch.setattr(oracle_module.ClusterOracleMixin, "_rebuild", forgets_the_queue)
+    with pytest.raises(InconsistentState, match="does not follow the journal .*queued: the book says"):
+        restart(tmp_path, clock)
