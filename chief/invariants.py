@@ -5,8 +5,20 @@ after every call."""
 
 from __future__ import annotations
 
-from chief.oracle import Bookkeeping
+import dataclasses
+
 from chief.trials import Phase, TrialBook
+
+
+@dataclasses.dataclass(frozen=True)
+class Bookkeeping:
+    """What KerasTuner's oracle keeps about the trials (chief.oracle's `bookkeeping`): the running
+    trial by worker, the retry queue, the status by trial, the ended attempts by trial."""
+
+    running: dict[str, str]
+    queued: list[str]
+    statuses: dict[str, str]
+    run_times: dict[str, int]
 
 
 def _shape(book: TrialBook) -> dict[str, tuple]:

@@ -26,7 +26,7 @@ from keras_tuner.engine import trial as trial_module
 
 from chief.journal import StorageUnavailable
 from chief.leases import DuplicateWorker
-from chief.oracle import MAX_HYPERPARAMETERS
+from chief.space import MAX_HYPERPARAMETERS
 from chief.trials import Caller, InvalidRequest, NotRegistered, Refused
 from shared import config, rpc, tls
 from shared.logs import OncePerWindow

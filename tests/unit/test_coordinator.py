@@ -235,7 +235,7 @@ def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_pat
     restarted = restart(tmp_path, clock, max_trials=4)
     assert {w: t.trial_id for w, t in restarted.oracle.ongoing_trials.items()} == {
         "w2": running.trial_id, "w1": retried.trial_id}
-    assert restarted.oracle.queued_ids == []
+    assert restarted.oracle.bookkeeping().queued == []
     assert restarted.heartbeat("w1", "w1")["attempts"] == {retried.trial_id: 2}
     restarted.update_trial(running.trial_id, {"score": 0.7}, 0, me("w2"))  # live worker reports: kept
     restarted.end_trial(result(running), me("w2", "w2", 1))
@@ -279,7 +279,7 @@ def test_restart_on_finished_project_is_finished_at_once(tmp_path):
     c.mark_finished({"completed": 1})
     c.close()
     restarted = restart(tmp_path, clock, max_trials=1)
-    assert restarted.finished.is_set() and not restarted.oracle.ongoing_trials and not restarted.oracle.queued_ids
+    assert restarted.finished.is_set() and not restarted.oracle.ongoing_trials and not restarted.oracle.bookkeeping().queued
     assert os.path.exists(tmp_path / "proj" / FINISHED_MARKER)
     restarted.close()
 
@@ -309,7 +309,7 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
     again = restart(tmp_path, clock, max_trials=5)
     oracle = again.oracle
     assert {w: t.trial_id for w, t in oracle.ongoing_trials.items()} == {"w2": running.trial_id}
-    assert oracle.queued_ids == [lost.trial_id]
+    assert oracle.bookkeeping().queued == [lost.trial_id]
     assert oracle.end_order == [done.trial_id] and oracle.trials[done.trial_id].status == "COMPLETED"
     again.register("w4", "w4")
     retry, attempt = again.create_trial("w4", me("w4"))
@@ -392,7 +392,7 @@ def test_journal_written_before_space_lines_still_replays(tmp_path):
 
     again = coordinator(tmp_path, Clock())
     assert again.oracle.trials[trial.trial_id].get_state() == state
-    assert again.oracle.queued_ids == []  # no start line, but COMPLETED: never handed out again
+    assert again.oracle.bookkeeping().queued == []  # no start line, but COMPLETED: never handed out again
     again.register("w1", "i1")
     second, _ = again.create_trial("w1", me("w1", "i1"))
     assert second.trial_id != trial.trial_id
