@@ -32,7 +32,7 @@ class SettingsMismatch(Refused):
 
 class ClaimsMixin:
     """Register, heartbeats and the admission of callers, for chief.coordinator.Coordinator
-    (which provides the lock, the leases, the book, the oracle, the journal and `_lose`)."""
+    (which provides the lock, the leases, the book, the oracle, `_kept` and `_lose`)."""
 
     fingerprint: dict | None = None  # the chief's settings fingerprint (shared.fingerprint)
 
@@ -52,6 +52,17 @@ class ClaimsMixin:
             self._take_over(worker, instance)
         log.info("%s registered (%s)", worker, info or "no host given")
         return {"heartbeat_seconds": self.heartbeat_seconds, "lease_seconds": self.leases.lease_seconds}
+
+    def serving(self) -> None:
+        """Call once the server answers: the trials kept for their workers across a restart are
+        kept for one lease from now, not from when start-up began (on a busy machine start-up
+        can take longer than a lease, which would lose them before any worker could call)."""
+        with self._lock:
+            unclaimed = set(self.leases.restart_granted())
+        for worker, trial_id in self._kept.items():
+            if worker in unclaimed:
+                log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
+                         trial_id, worker, self.leases.lease_seconds)
 
     def heartbeat(self, worker: str, instance: str) -> dict:
         """`ok` False: register again. `attempts`: the trials `worker` holds now, with their
@@ -88,12 +99,6 @@ class ClaimsMixin:
                                         f"{run.attempt} was another's")
             self._check_finished()
 
-    def _start_attempt(self, trial, tuner_id: str, caller: Caller, now: float):
-        """The state machine's start of a new attempt (its journal line naming the token), the
-        oracle following; the run after it."""
-        token = None if caller.anonymous else token_digest(caller.instance)
-        started = self.book.decide_start(trial.trial_id, tuner_id, stock=caller.anonymous, now=now, token=token)
-        effects = self.book.apply(started)
-        self.oracle.follow(effects, trial)
-        self.journal.append(started.to_record())
-        return effects.run
+    def _lease_of(self, worker: str) -> float:
+        run = next((r for r in self.book.running.values() if r.owner == worker), None)
+        return self.leases.stock_lease_seconds if run is not None and run.stock else self.leases.lease_seconds

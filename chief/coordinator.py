@@ -19,24 +19,18 @@ over chief.stopping's. Around the oracle:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import threading
 import time
 
 from keras_tuner.engine import trial as trial_module
 
-from chief import claims, invariants, opening, progress, recovery
-from chief.journal import StorageUnavailable, read_lines
+from chief import claims, moves, opening, progress, refusals, views
+from chief.journal import StorageUnavailable
 from chief.leases import Leases
-from chief.oracle import InvalidSpace, short_message
 from chief.statefiles import StorageFaults
 from chief.stopping import StopPolicy
-from chief.trials import Caller, Cause, Effects, InvalidRequest, NotOwner, NotRegistered, Phase, TrialBook
-from shared import config
-from shared.atomic import write_text_atomic
-from shared.layout import FINISHED_MARKER
+from chief.trials import Caller, InvalidRequest, NotOwner, NotRegistered, TrialBook
 
 log = logging.getLogger("ktcluster.chief")
 
@@ -47,7 +41,7 @@ INVALID = trial_module.TrialStatus.INVALID
 DEAF_AFTER = 1.0  # seconds an oracle call may hold the lock before its time stops counting against leases
 
 
-class Coordinator(claims.ClaimsMixin):
+class Coordinator(claims.ClaimsMixin, moves.MovesMixin, views.ViewsMixin):
     """Thread-safe facade over a ClusterOracleMixin oracle; `finished` is set when the search is
     over (or stopped: `fatal` says why). Methods taking a `Caller` raise `Refused` subclasses
     (nothing changed) and StorageUnavailable (nothing acknowledged; the caller may retry).
@@ -87,6 +81,11 @@ class Coordinator(claims.ClaimsMixin):
         if self._over:
             self.finished.set()
         opening.settle_marker(self.project_dir, self._over)
+
+    @staticmethod
+    def _wall() -> float:
+        """The wall clock of attempts (starts, ends, durations)."""
+        return time.time()
 
     @property
     def fatal(self) -> str | None:
@@ -130,17 +129,6 @@ class Coordinator(claims.ClaimsMixin):
             raise
         self.faults.succeeded("journal")
 
-    def serving(self) -> None:
-        """Call once the server answers: the trials kept for their workers across a restart are
-        kept for one lease from now, not from when start-up began (on a busy machine start-up
-        can take longer than a lease, which would lose them before any worker could call)."""
-        with self._lock:
-            unclaimed = set(self.leases.restart_granted())
-        for worker, trial_id in self._kept.items():
-            if worker in unclaimed:
-                log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
-                         trial_id, worker, self.leases.lease_seconds)
-
     # -- workers: identity and liveness (Register, heartbeats, admission: chief.claims) ------
     def expire_leases(self) -> list[str]:
         """Re-queue (or fail, once out of retries) the trials of workers silent past their lease,
@@ -172,10 +160,6 @@ class Coordinator(claims.ClaimsMixin):
         self._on_event(self)  # also: a worker fell silent, or was heard again
         return expired
 
-    def _lease_of(self, worker: str) -> float:
-        run = next((r for r in self.book.running.values() if r.owner == worker), None)
-        return self.leases.stock_lease_seconds if run is not None and run.stock else self.leases.lease_seconds
-
     # -- the oracle protocol, as the gRPC servicer calls it ---------------------------
     def get_space(self):
         with self._locked() as oracle:
@@ -186,16 +170,13 @@ class Coordinator(claims.ClaimsMixin):
         with self._locked() as oracle:
             if caller.anonymous or not self.leases.beat(caller.worker, caller.instance):
                 raise NotRegistered("UpdateSpace is accepted only from a registered ktcluster worker")
-            _check_space(oracle, hyperparameters, "UpdateSpace refused")
+            refusals.request_space(oracle, hyperparameters, "UpdateSpace refused")
             oracle.update_space(hyperparameters)
 
     def create_trial(self, tuner_id: str, caller: Caller):
         """(trial, attempt): a RUNNING trial (new, retried or resumed) with its attempt number
         (from 1), or an IDLE/STOPPED trial with attempt 0."""
-        try:
-            config.validate_tuner_id(tuner_id, name="tuner_id")
-        except config.ConfigError as exc:
-            raise InvalidRequest(str(exc)) from None
+        refusals.request_tuner_id(tuner_id, "tuner_id")
         if not caller.anonymous and caller.worker != tuner_id:
             raise InvalidRequest(f"tuner_id {tuner_id!r} is not the caller's worker id {caller.worker!r}")
         self._refuse_stock(caller)
@@ -220,7 +201,7 @@ class Coordinator(claims.ClaimsMixin):
                     run = self.book.runs[trial.trial_id]
                     log.info("trial %s resumed by %s (attempt %d)", trial.trial_id, tuner_id, run.attempt)
                 else:
-                    run = self._start_attempt(trial, tuner_id, caller, now=time.time())
+                    run = self._start_attempt(trial, tuner_id, caller, now=self._wall())
                     if self.trial_lines.allow():
                         log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, tuner_id, run.attempt,
                                  trial.hyperparameters.values)
@@ -273,41 +254,13 @@ class Coordinator(claims.ClaimsMixin):
             if self.book.is_repeat_end(trial.trial_id, caller):
                 return
             run = self._reporter(trial.trial_id, caller, "result")
-            _check_space(oracle, trial.hyperparameters, f"result of trial {trial.trial_id} refused")
+            refusals.request_space(oracle, trial.hyperparameters, f"result of trial {trial.trial_id} refused")
             if message:
                 trial.message = message
             oracle.check_end(trial)
             self._end(trial, run.owner, oracle.verdict(trial), message, used)
             self._check_finished()
         self._on_event(self)
-
-    def _lose(self, trial_id: str, worker: str, message: str) -> None:
-        """The chief ends `worker`'s attempt of `trial_id` (INVALID: retried while retries last)."""
-        effects = self._end(self.oracle.lost_copy(trial_id, message), worker, INVALID, message, cause=Cause.CHIEF)
-        log.warning("trial %s: %s; %s", trial_id, message,
-                    "re-queued" if effects.run.phase is Phase.QUEUED else "out of retries")
-        self._lost_later.append(effects.lost)
-
-    def _end(self, trial, worker: str, status: str, message: str, used=None, cause: Cause = Cause.OWNER) -> Effects:
-        """The state machine decides how the attempt ends and applies it; the oracle, the journal,
-        the tally, the stop policy and the log follow."""
-        oracle, note = self.oracle, short_message(message)
-        ended = self.book.decide_end(trial.trial_id, status, cause, time.time(), oracle.max_retries_per_trial,
-                                     note, used)
-        effects = self.book.apply(ended)
-        oracle.follow(effects, trial)
-        self.journal.append(ended.to_record())
-        self.tally.ended(oracle.trials[trial.trial_id], effects.run)
-        self.on_attempt_end(trial.trial_id, ended.outcome.status, cause, message)
-        reason = self.stop.ended(ended)
-        if reason:
-            log.error("search stopped: %s", reason)
-        if effects.trouble:
-            log.info("trial %s %s by %s: %s", trial.trial_id, ended.outcome.status, worker, note)
-        elif self.trial_lines.allow():
-            log.info("trial %s %s by %s: %s=%s", trial.trial_id, ended.outcome.status, worker, oracle.objective.name,
-                     oracle.trials[trial.trial_id].score)
-        return effects
 
     def get_trial(self, trial_id):
         with self._locked() as oracle:
@@ -318,71 +271,8 @@ class Coordinator(claims.ClaimsMixin):
         with self._locked() as oracle:
             return oracle.get_best_trials(num_trials)
 
-    def progress(self) -> progress.Summary:
-        """The summary `progress.line` prints, without touching every trial; it takes the count of
-        trial lines skipped since the last call. Silent: more than two heartbeats unheard."""
-        with self._lock:
-            return self.tally.summary(self.oracle.max_trials or len(self.oracle.trials),
-                                      {r.owner: t for t, r in self.book.running.items()}, len(self.book.queued),
-                                      self.oracle.objective.name, self.trial_lines.take_skipped(),
-                                      self.trial_lines.rate, self.leases.presence(2 * self.heartbeat_seconds))
-
-    def presence(self):
-        """The leases' Presence (chief.leases): ids holding a lease, those unheard for two heartbeats."""
-        with self._lock:
-            return self.leases.presence(2 * self.heartbeat_seconds)
-
-    # -- state of the search --------------------------------------------------------
-    def wait_for_stop_heard(self, timeout: float) -> list[str]:
-        """Block until every worker that asked for work was told STOPPED, or `timeout`; the workers still unaware."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                with self._lock:
-                    waiting = self.oracle.workers_not_stopped()
-                left = deadline - time.monotonic()
-                if not waiting or left <= 0 or self.faults.over():
-                    return waiting
-                self._changed.wait(left)
-
-    def _notify(self):
-        with self._changed:
-            self._changed.notify_all()
-
     def _check_finished(self):
         self._over = self.stop.over(self.book, len(self.oracle.trials))
-
-    def mark_finished(self, summary: dict) -> None:
-        """Tell late or restarted workers (they share the state dir) that there is nothing left to do."""
-        write_text_atomic(os.path.join(self.project_dir, FINISHED_MARKER), json.dumps(summary) + "\n")
-
-    def snapshot(self) -> progress.Snapshot:
-        """A consistent view for progress lines, status and the results files."""
-        with self._lock:
-            oracle = self.oracle
-            best = oracle.get_best_trials(1)
-            return progress.Snapshot(
-                trials=list(oracle.trials.values()),
-                runs=dict(self.book.runs),
-                running={r.owner: t for t, r in self.book.running.items()},
-                queued=list(self.book.queued),
-                max_trials=oracle.max_trials,
-                objective=progress.ObjectiveInfo(oracle.objective.name, oracle.objective.direction),
-                best=best[0] if best and best[0].status == trial_module.TrialStatus.COMPLETED else None,
-                space=[hp.name for hp in oracle.hyperparameters.space],
-                fatal=self.fatal,
-            )
-
-    def validate(self) -> None:
-        """Raise InconsistentState naming each way the book, the journal (its lines on disk and
-        those waiting for a commit, replayed) and the oracle disagree. O(journal): tests call it
-        after every call; the chief checks the book against the oracle when it opens a project."""
-        with self._lock:
-            events = read_lines(self.journal.path)[0] + self.journal.pending_events()
-            replayed = recovery.replay(events, self.journal.path).book
-            problems = invariants.differences(self.book, self.oracle.bookkeeping(), replayed)
-        if problems:
-            raise recovery.InconsistentState("; ".join(problems))
 
     def save_state(self) -> None:
         """Write the state files now (start-up, shutdown)."""
@@ -398,10 +288,3 @@ class Coordinator(claims.ClaimsMixin):
         finally:
             self.journal.close()
 
-
-def _check_space(oracle, hyperparameters, what: str) -> None:
-    """InvalidRequest ("`what`: why") unless the oracle may take `hyperparameters` into its space."""
-    try:
-        oracle.check_space(hyperparameters)
-    except InvalidSpace as exc:
-        raise InvalidRequest(f"{what}: {exc}") from None

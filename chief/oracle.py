@@ -38,11 +38,11 @@ import threading
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.engine import trial as trial_module
 
-from chief import oracle_files, space
+from chief import oracle_files, refusals
 from chief.invariants import Bookkeeping
 from chief.journal import JOURNAL
 from chief.recovery import InconsistentState
-from chief.space import InvalidSpace
+from chief.refusals import InvalidSpace
 from chief.trials import Effects, Ended, InvalidRequest, OracleStep, Phase, Queued, TrialBook
 from shared.results import trial_order
 
@@ -176,14 +176,14 @@ class ClusterOracleMixin:
                            {t: trial.status for t, trial in self.trials.items()}, dict(self._run_times))
 
     def check_metrics(self, metrics: dict) -> None:
-        """ValueError unless a progress report is safe to record (chief.space.check_metrics), with
+        """ValueError unless a progress report is safe to record (chief.refusals.check_metrics), with
         the objective among its metrics (stock would raise that inside its lock)."""
-        space.check_metrics(metrics)
+        refusals.check_metrics(metrics)
         self._check_objective_found(metrics)
 
     def check_space(self, hyperparameters) -> None:
-        """InvalidSpace unless merging `hyperparameters` into the space is safe (chief.space)."""
-        space.check_space(self.hyperparameters.space, hyperparameters)
+        """InvalidSpace unless merging `hyperparameters` into the space is safe (chief.refusals)."""
+        refusals.check_space(self.hyperparameters.space, hyperparameters)
 
     def check_end(self, trial) -> None:
         """InvalidRequest (nothing changed) unless an attempt may end as `trial` says: a COMPLETED

@@ -1,10 +1,14 @@
 """Refusals of what a worker sends that must not reach the oracle: a search space that cannot be
-sampled or is too large, a progress report whose metrics are not finite numbers with sane names.
+sampled or is too large, a progress report whose metrics are not finite numbers with sane names,
+a tuner id that is not one. Each is refused once, here, as the request's InvalidRequest.
 """
 
 from __future__ import annotations
 
 import math
+
+from chief.trials import InvalidRequest
+from shared import config
 
 MAX_HYPERPARAMETERS = 1000
 MAX_NAME_LENGTH = 128
@@ -67,3 +71,19 @@ def _check_shape(name: str, config: dict) -> None:
     sampling = config.get("sampling")
     if sampling is not None and sampling not in ("linear", "log", "reverse_log"):
         raise InvalidSpace(f"hyperparameter {name!r}: sampling {sampling!r} is not linear, log or reverse_log")
+
+
+def request_space(oracle, hyperparameters, what: str) -> None:
+    """InvalidRequest ("`what`: why") unless the oracle may take `hyperparameters` into its space."""
+    try:
+        oracle.check_space(hyperparameters)
+    except InvalidSpace as exc:
+        raise InvalidRequest(f"{what}: {exc}") from None
+
+
+def request_tuner_id(tuner_id: str, name: str) -> str:
+    """`tuner_id` if it is a valid worker id (shared.config), else InvalidRequest with config's line."""
+    try:
+        return config.validate_tuner_id(tuner_id, name=name)
+    except config.ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
