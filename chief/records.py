@@ -6,8 +6,8 @@ coordinator journals `to_record()` of what the machine applied, and a restart re
 `from_record(line)` through the same `TrialBook.apply`. No I/O.
 
 Versions (`v`): 1 since issue 23. A line without `v` is version 0 (d1fbc2d and earlier): the same
-fields, some of them absent in older lines (`stock`, `token`, `cause`, `message`, `used`, `seconds`),
-read with the defaults below. A line of a later version than VERSION is refused (ValueError): a
+fields, some of them absent in older lines (`attempt`, `stock`, `token`, `cause`, `message`, `used`,
+`seconds`), read with the defaults below (no `attempt`: the next attempt, or the current one). A line of a later version than VERSION is refused (ValueError): a
 newer ktcluster wrote it, and guessing its meaning could lose or re-run trials.
 """
 
@@ -60,7 +60,7 @@ class Started:
 
     trial: str
     worker: str
-    attempt: int
+    attempt: int | None  # None: the next (version 0 lines written before attempt numbers)
     t: float
     stock: bool = False
     token: str | None = None
@@ -81,7 +81,7 @@ class Ended:
     hyperparameters the accepted build used (ktcluster workers, COMPLETED only)."""
 
     trial: str
-    attempt: int
+    attempt: int | None  # None: the current one (version 0 lines written before attempt numbers)
     outcome: Phase
     cause: Cause
     t: float
@@ -112,11 +112,15 @@ def from_record(line: dict) -> Started | Ended:
                          "ktcluster wrote it)")
     move = Move(line["event"])
     if move is Move.START:
-        return Started(str(line["trial"]), str(line["worker"]), int(line["attempt"]), float(line["t"]),
+        return Started(str(line["trial"]), str(line["worker"]), _attempt(line), float(line["t"]),
                        stock=bool(line.get("stock", False)), token=line.get("token"))
     if move is Move.END:
         status = line["status"]
-        return Ended(str(line["trial"]), int(line["attempt"]), Phase.QUEUED if status == RETRY else Phase(status),
+        return Ended(str(line["trial"]), _attempt(line), Phase.QUEUED if status == RETRY else Phase(status),
                      Cause(line.get("cause", Cause.OWNER.value)), float(line["t"]), seconds=line.get("seconds"),
                      message=line.get("message") or "", used=line.get("used"))
     raise ValueError(f"a {move.value} line is not a journal record")
+
+
+def _attempt(line: dict) -> int | None:
+    return None if line.get("attempt") is None and line.get("v", 0) == 0 else int(line["attempt"])

@@ -252,18 +252,18 @@ class TrialBook:
 
     def _start(self, event: Started) -> Effects:
         run = self.runs.get(event.trial) or TrialRun(event.trial)
-        if event.attempt != run.attempt + 1:
+        if event.attempt is not None and event.attempt != run.attempt + 1:
             raise BadTransition(f"trial {event.trial}: attempt {event.attempt} started after attempt {run.attempt}")
         self._move(run, Move.START, Phase.RUNNING, Cause.CHIEF)
         self.runs[event.trial] = run
         run.owner, run.stock, run.started, run.seconds, run.token = (event.worker, event.stock, event.t, None,
                                                                      event.token)
-        run.attempt = event.attempt
+        run.attempt += 1
         return Effects(event, run, OracleStep.RESTARTED if run.ended else OracleStep.NOTHING)
 
     def _end(self, event: Ended) -> Effects:
         run = self.get(event.trial)
-        if run.phase is Phase.RUNNING and event.attempt != run.attempt:
+        if run.phase is Phase.RUNNING and event.attempt not in (None, run.attempt):
             raise BadTransition(f"trial {event.trial}: attempt {event.attempt} ended, but attempt {run.attempt} runs")
         self._move(run, Move.END, event.outcome, event.cause)
         run.ended += 1

@@ -222,6 +222,15 @@ def test_records_written_by_d1fbc2d_are_version_0_and_read_with_defaults():
     assert from_record(start_line) == Started("3", "w1", 1, 1.0, stock=False, token=None)
     end_line = {"event": "end", "trial": "3", "attempt": 1, "status": "RETRY", "t": 2.0}
     assert from_record(end_line) == Ended("3", 1, QUEUED, OWNER, 2.0)
+    oldest = [{"event": "start", "trial": "3", "worker": "w1", "t": 1.0},  # before attempt numbers
+              {"event": "end", "trial": "3", "status": "RETRY", "t": 2.0},
+              {"event": "start", "trial": "3", "worker": "w2", "t": 3.0}]
+    book = TrialBook()
+    for line in oldest:
+        book.apply(from_record(line))
+    assert (book.runs["3"].attempt, book.runs["3"].ended, book.runs["3"].owner) == (2, 1, "w2")
+    with pytest.raises(KeyError):  # a version 1 line always has its attempt
+        from_record({"event": "start", "trial": "3", "worker": "w1", "t": 1.0, "v": 1})
     with pytest.raises(ValueError, match="record version 2: this chief reads versions 0 to 1"):
         from_record({**start_line, "v": 2})
 
