@@ -182,7 +182,6 @@ class Coordinator(claims.ClaimsMixin, moves.MovesMixin, views.ViewsMixin):
         self._refuse_stock(caller)
         with self._locked() as oracle:
             self._admit(caller, tuner_id)
-            resumed = self.book.owned_by(tuner_id)
             if self.fatal:  # the search stopped: nothing more is handed out
                 oracle.forget_worker(tuner_id)
                 trial = trial_module.Trial(oracle.get_space(), status=STOPPED)
@@ -197,8 +196,8 @@ class Coordinator(claims.ClaimsMixin, moves.MovesMixin, views.ViewsMixin):
                 trial = trial_module.Trial(oracle.get_space(), status=IDLE)
             attempt = 0
             if trial.status == RUNNING:
-                if trial.trial_id in resumed:
-                    run = self.book.runs[trial.trial_id]
+                run = self.book.running.get(trial.trial_id)
+                if run is not None and run.owner == tuner_id:  # its own running trial, asked for again
                     log.info("trial %s resumed by %s (attempt %d)", trial.trial_id, tuner_id, run.attempt)
                 else:
                     run = self._start_attempt(trial, tuner_id, caller, now=self._wall())

@@ -32,6 +32,7 @@ import contextlib
 import importlib.metadata
 import io
 import logging
+import math
 import os
 import threading
 
@@ -144,13 +145,16 @@ class ClusterOracleMixin:
 
     def verdict(self, trial) -> str:
         """The status the algorithm gives an ending attempt, before any retry is decided: stock
-        counts a COMPLETED one whose objective scores NaN as INVALID."""
-        if trial.status != trial_module.TrialStatus.COMPLETED or trial.trial_id not in self.trials:
+        counts a COMPLETED one whose objective scores NaN as INVALID. Reports are refused unless
+        finite (chief.refusals): only a trial with a non-finite value on record (journals of
+        older chiefs) is scored here."""
+        recorded = self.trials.get(trial.trial_id)
+        if trial.status != trial_module.TrialStatus.COMPLETED or recorded is None or all(
+                math.isfinite(value) for history in recorded.metrics.metrics.values()
+                for observation in history.get_history() for value in observation.value):
             return trial.status
-        recorded = self.trials[trial.trial_id]
         self.score_trial(recorded)  # stock scores it again in end_trial, with the same metrics
-        score = recorded.score
-        return trial_module.TrialStatus.INVALID if score is not None and score != score else trial.status
+        return trial_module.TrialStatus.INVALID if recorded.score != recorded.score else trial.status
 
     def lost_copy(self, trial_id: str, message: str):
         """What the chief ends a lost attempt with: the trial as recorded, INVALID, with `message`."""

@@ -865,3 +865,16 @@ def test_a_restart_checks_that_the_oracle_follows_the_replayed_book(tmp_path, mo
     monkeypatch.setattr(oracle_module.ClusterOracleMixin, "_rebuild", forgets_the_queue)
     with pytest.raises(InconsistentState, match="does not follow the journal .*queued: the book says"):
         restart(tmp_path, clock)
+
+
+def test_a_nan_objective_on_record_is_retried_as_stock_scores_it(tmp_path):
+    """Reports are refused unless finite, but a journal of an older chief may hold a NaN: the
+    state machine then decides a retry (stock's rule: a NaN score is INVALID), and the oracle
+    follows (validated after every call by the conftest)."""
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "w1")
+    trial, attempt = c.create_trial("w1", me("w1"))
+    c.oracle.update_trial(trial.trial_id, {"score": float("nan")}, step=0)  # as an older chief recorded it
+    c.end_trial(result(trial), me("w1", attempt=attempt))
+    assert [(e["trial"], e["status"]) for e in journal(tmp_path) if e["event"] == "end"] == [(trial.trial_id, "RETRY")]
+    assert list(c.book.queued) == [trial.trial_id] and c.oracle.bookkeeping().queued == [trial.trial_id]
