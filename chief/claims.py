@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import logging
 
-from keras_tuner.engine import trial as trial_module
-
-from chief.journal import Event
 from chief.leases import token_digest
-from chief.trials import Caller, Cause, Phase, Refused, TrialBook
+from chief.trials import Caller, Refused
 from shared import fingerprint as fingerprints
 
 log = logging.getLogger("ktcluster.chief")
-INVALID = trial_module.TrialStatus.INVALID
 
 
 class SettingsMismatch(Refused):
@@ -34,19 +30,9 @@ class SettingsMismatch(Refused):
     code = "FAILED_PRECONDITION"
 
 
-def restore_tokens(events: list[dict], book: TrialBook) -> None:
-    """Give each replayed run the token digest its latest start line recorded (None for lines
-    written before tokens, and for stock clients)."""
-    for event in events:
-        if event.get("event") == Event.START.value:
-            run = book.runs.get(event.get("trial"))
-            if run is not None:
-                run.token = event.get("token")
-
-
 class ClaimsMixin:
     """Register, heartbeats and the admission of callers, for chief.coordinator.Coordinator
-    (which provides the lock, the leases, the book, the oracle and `_end`)."""
+    (which provides the lock, the leases, the book, the oracle, `_kept` and `_lose`)."""
 
     fingerprint: dict | None = None  # the chief's settings fingerprint (shared.fingerprint)
 
@@ -66,6 +52,17 @@ class ClaimsMixin:
             self._take_over(worker, instance)
         log.info("%s registered (%s)", worker, info or "no host given")
         return {"heartbeat_seconds": self.heartbeat_seconds, "lease_seconds": self.leases.lease_seconds}
+
+    def serving(self) -> None:
+        """Call once the server answers: the trials kept for their workers across a restart are
+        kept for one lease from now, not from when start-up began (on a busy machine start-up
+        can take longer than a lease, which would lose them before any worker could call)."""
+        with self._lock:
+            unclaimed = set(self.leases.restart_granted())
+        for worker, trial_id in self._kept.items():
+            if worker in unclaimed:
+                log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
+                         trial_id, worker, self.leases.lease_seconds)
 
     def heartbeat(self, worker: str, instance: str) -> dict:
         """`ok` False: register again. `attempts`: the trials `worker` holds now, with their
@@ -98,20 +95,10 @@ class ClaimsMixin:
         for trial_id, run in list(self.book.running.items()):
             if run.owner != worker or run.stock or run.token is None or run.token == token:
                 continue
-            trial = self.oracle.trials[trial_id]
-            message = f"AttemptLost: a new process took worker id {worker}; attempt {run.attempt} was another's"
-            trial.status, trial.message = INVALID, message
-            self._end(trial, worker, message, cause=Cause.CHIEF)
-            queued = self.book.runs[trial_id].phase is Phase.QUEUED
-            log.warning("trial %s: %s; %s", trial_id, message, "re-queued" if queued else "out of retries")
-            self._lost_later.append((trial_id, run.attempt, message))
+            self._lose(trial_id, worker, f"AttemptLost: a new process took worker id {worker}; attempt "
+                                        f"{run.attempt} was another's")
             self._check_finished()
 
-    def _start_attempt(self, trial, tuner_id: str, caller: Caller, now: float):
-        """The state machine's start of a new attempt, and its journal line naming the token."""
-        token = None if caller.anonymous else token_digest(caller.instance)
-        run = self.book.start(trial.trial_id, tuner_id, stock=caller.anonymous, now=now, token=token)
-        fields = {"token": token} if token else {}
-        self.journal.record(Event.START, trial=trial.trial_id, worker=tuner_id, attempt=run.attempt,
-                            stock=caller.anonymous, **fields)
-        return run
+    def _lease_of(self, worker: str) -> float:
+        run = next((r for r in self.book.running.values() if r.owner == worker), None)
+        return self.leases.stock_lease_seconds if run is not None and run.stock else self.leases.lease_seconds

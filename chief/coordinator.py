@@ -1,14 +1,16 @@
 """Serves one KerasTuner oracle to many workers, and survives their faults.
 
-Every RPC is an event checked against the trial state machine (chief.trials) before the oracle
-sees it, under one lock; what it changed is journaled (chief.journal) and committed before the
-reply. Around the oracle:
+A thin layer from RPCs to the trial state machine's events (chief.trials), under one lock: the
+machine decides every move, the coordinator carries out the effects it returns (the journal line,
+committed before the reply; the oracle following through its adapter, chief.oracle; the log,
+the tally, the lost attempts to close). Opening a project is chief.opening's, when the search is
+over chief.stopping's. Around the oracle:
 - worker identity and leases (chief.claims, chief.leases): a duplicate id or a worker whose
   settings differ from the chief's is refused, only the process that started an attempt may go on
   with it, a silent worker's trial is re-queued, a late report from it is refused; stock
   KerasTuner clients are refused, or served with leases renewed by their calls when
   KTC_STOCK_LEASE_SECONDS > 0;
-- a chief restart that neither loses nor re-runs trials (chief.recovery, `ClusterOracleMixin.restore`);
+- a chief restart that neither loses nor re-runs trials (chief.opening: replay through the same apply);
 - a failing state disk: calls are refused (UNAVAILABLE) until the journal can be appended again,
   and the search stops after KTC_STORAGE_GRACE_SECONDS (chief.statefiles.StorageFaults);
 - the moment the search is over (or must stop: too many failures in a row).
@@ -17,23 +19,18 @@ reply. Around the oracle:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import threading
 import time
 
 from keras_tuner.engine import trial as trial_module
 
-from chief import claims, progress, recovery
-from chief.journal import Event, RunJournal, StorageUnavailable
+from chief import claims, moves, opening, progress, refusals, views
+from chief.journal import StorageUnavailable
 from chief.leases import Leases
-from chief.oracle import InvalidSpace, short_message
-from chief.statefiles import StateWriter, StorageFaults
-from chief.trials import Caller, Cause, InvalidRequest, NotOwner, NotRegistered, Phase, TrialBook
-from shared import config
-from shared.atomic import write_text_atomic
-from shared.layout import FINISHED_MARKER
+from chief.statefiles import StorageFaults
+from chief.stopping import StopPolicy
+from chief.trials import Caller, InvalidRequest, NotOwner, NotRegistered, TrialBook
 
 log = logging.getLogger("ktcluster.chief")
 
@@ -44,7 +41,7 @@ INVALID = trial_module.TrialStatus.INVALID
 DEAF_AFTER = 1.0  # seconds an oracle call may hold the lock before its time stops counting against leases
 
 
-class Coordinator(claims.ClaimsMixin):
+class Coordinator(claims.ClaimsMixin, moves.MovesMixin, views.ViewsMixin):
     """Thread-safe facade over a ClusterOracleMixin oracle; `finished` is set when the search is
     over (or stopped: `fatal` says why). Methods taking a `Caller` raise `Refused` subclasses
     (nothing changed) and StorageUnavailable (nothing acknowledged; the caller may retry).
@@ -58,26 +55,21 @@ class Coordinator(claims.ClaimsMixin):
         self.oracle = oracle
         self.project_dir = oracle.project_dir
         self.faults = StorageFaults(storage_grace_seconds, clock=clock)
-        self.journal = RunJournal(self.project_dir, fsync=fsync)
-        replayed = recovery.replay(self.journal.events, self.journal.path)
-        claims.restore_tokens(self.journal.events, replayed.book)
-        self.journal.events = []
-        self.book: TrialBook = replayed.book
-        self.writer = StateWriter(oracle, self._lock, self.faults, fsync=fsync)
-        oracle.attach(self.journal, self.writer)
-        restored = oracle.restore(replayed.book, replayed.states)
+        opened = opening.open_project(oracle, self._lock, self.faults, fsync)
+        self.journal, self.writer, self.book = opened.journal, opened.writer, opened.book
+        self.book: TrialBook
         self.leases = Leases(lease_seconds, presence_seconds=3 * heartbeat_seconds, clock=clock,
                              stock_lease_seconds=stock_lease_seconds)
         self.heartbeat_seconds = heartbeat_seconds
-        self._kept = restored  # worker -> the trial it ran before a restart
-        for worker, trial_id in restored.items():
+        self._kept = opened.kept  # worker -> the trial it ran before a restart
+        for worker, trial_id in opened.kept.items():
             self.leases.grant(worker, claim=self.book.runs[trial_id].token)
         self.fingerprint = fingerprint
-        self._lost_later: list[tuple] = []  # (trial, attempt, reason) lost under the lock, reported by expire_leases
+        self._lost_later: list = []  # LostAttempt: ended under the lock, reported by expire_leases
         self.finished = threading.Event()
-        self.fatal: str | None = None
+        self.stop = StopPolicy(oracle.max_trials, oracle.max_retries_per_trial,
+                               oracle.max_consecutive_failed_trials, self.book)
         self.stopped_workers: set[str] = set()
-        self._stop_seen = False
         self._refusals_logged: set[tuple] = set()
         self._changed = threading.Condition()
         self._on_event, self._on_attempt_lost = on_event, on_attempt_lost
@@ -85,13 +77,20 @@ class Coordinator(claims.ClaimsMixin):
         self.on_attempt_end = lambda trial_id, status, cause, message: None
         self.trial_lines = progress.LineBudget(clock=clock)  # start and COMPLETED lines; trouble always logs
         self.tally = progress.Tally.of(oracle, self.book, clock)
-        self._over = False
-        self._check_finished()
+        self._over = self.stop.over(self.book, len(oracle.trials))
         if self._over:
             self.finished.set()
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.project_dir, FINISHED_MARKER))
+        opening.settle_marker(self.project_dir, self._over)
+
+    @staticmethod
+    def _wall() -> float:
+        """The wall clock of attempts (starts, ends, durations)."""
+        return time.time()
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the search stopped early (None: it did not)."""
+        return self.stop.fatal
 
     @contextlib.contextmanager
     def _locked(self):
@@ -130,17 +129,6 @@ class Coordinator(claims.ClaimsMixin):
             raise
         self.faults.succeeded("journal")
 
-    def serving(self) -> None:
-        """Call once the server answers: the trials kept for their workers across a restart are
-        kept for one lease from now, not from when start-up began (on a busy machine start-up
-        can take longer than a lease, which would lose them before any worker could call)."""
-        with self._lock:
-            unclaimed = set(self.leases.restart_granted())
-        for worker, trial_id in self._kept.items():
-            if worker in unclaimed:
-                log.info("trial %s was running on %s before the restart: kept for it for %.0fs",
-                         trial_id, worker, self.leases.lease_seconds)
-
     # -- workers: identity and liveness (Register, heartbeats, admission: chief.claims) ------
     def expire_leases(self) -> list[str]:
         """Re-queue (or fail, once out of retries) the trials of workers silent past their lease,
@@ -152,34 +140,25 @@ class Coordinator(claims.ClaimsMixin):
             with self._locked() as oracle:
                 silent = self.leases.expired()
                 for worker in silent:
-                    oracle.tuner_ids.discard(worker)  # do not wait for it to hear STOPPED
+                    oracle.forget_worker(worker)  # do not wait for it to hear STOPPED
                     for trial_id in list(self.book.owned_by(worker)):
-                        trial = oracle.trials[trial_id]
                         message = f"LeaseExpired: {worker} silent for over {self._lease_of(worker):.0f}s"
-                        trial.status, trial.message = INVALID, message
-                        self._end(trial, worker, message, cause=Cause.CHIEF)
-                        expired.append((trial_id, self.book.runs[trial_id].attempt, message))
-                        log.warning("trial %s: %s; %s", trial_id, message, "re-queued"
-                                    if self.book.runs[trial_id].phase is Phase.QUEUED else "out of retries")
+                        self._lose(trial_id, worker, message)
+                        expired.append(trial_id)
                 self._check_finished()
                 taken, self._lost_later = self._lost_later, []
         except StorageUnavailable:
             silent, taken = [], []
         reason = self.faults.over()
-        if reason and not self.fatal:
-            self.fatal = reason
+        if reason and self.stop.stop(reason):
             log.error("search stopped: %s", reason)
             self.finished.set()
         if silent:
             self._notify()
-        for trial_id, attempt, message in expired + taken:  # files only: outside the lock
-            self._on_attempt_lost(trial_id, attempt, message)
+        for lost in taken:  # files only: outside the lock
+            self._on_attempt_lost(lost.trial, lost.attempt, lost.reason)
         self._on_event(self)  # also: a worker fell silent, or was heard again
-        return [trial_id for trial_id, _, _ in expired]
-
-    def _lease_of(self, worker: str) -> float:
-        run = next((r for r in self.book.running.values() if r.owner == worker), None)
-        return self.leases.stock_lease_seconds if run is not None and run.stock else self.leases.lease_seconds
+        return expired
 
     # -- the oracle protocol, as the gRPC servicer calls it ---------------------------
     def get_space(self):
@@ -191,52 +170,43 @@ class Coordinator(claims.ClaimsMixin):
         with self._locked() as oracle:
             if caller.anonymous or not self.leases.beat(caller.worker, caller.instance):
                 raise NotRegistered("UpdateSpace is accepted only from a registered ktcluster worker")
-            try:
-                oracle.check_space(hyperparameters)
-            except InvalidSpace as exc:
-                raise InvalidRequest(f"UpdateSpace refused: {exc}") from None
+            refusals.request_space(oracle, hyperparameters, "UpdateSpace refused")
             oracle.update_space(hyperparameters)
 
     def create_trial(self, tuner_id: str, caller: Caller):
         """(trial, attempt): a RUNNING trial (new, retried or resumed) with its attempt number
         (from 1), or an IDLE/STOPPED trial with attempt 0."""
-        try:
-            config.validate_tuner_id(tuner_id, name="tuner_id")
-        except config.ConfigError as exc:
-            raise InvalidRequest(str(exc)) from None
+        refusals.request_tuner_id(tuner_id, "tuner_id")
         if not caller.anonymous and caller.worker != tuner_id:
             raise InvalidRequest(f"tuner_id {tuner_id!r} is not the caller's worker id {caller.worker!r}")
         self._refuse_stock(caller)
         with self._locked() as oracle:
             self._admit(caller, tuner_id)
             if self.fatal:  # the search stopped: nothing more is handed out
-                oracle.tuner_ids.discard(tuner_id)
-                trial, resumed = trial_module.Trial(oracle.get_space(), status=STOPPED), False
+                oracle.forget_worker(tuner_id)
+                trial = trial_module.Trial(oracle.get_space(), status=STOPPED)
             else:
-                resumed = tuner_id in oracle.ongoing_trials
                 trial = oracle.create_trial(tuner_id)
-            if trial.status == STOPPED and not self.fatal and self._retry_possible_elsewhere(tuner_id):
+            if trial.status == STOPPED and not self.fatal and self.stop.retry_possible_elsewhere(self.book, tuner_id):
                 # Stock says STOPPED once the budget is handed out, but a trial still running on
                 # another worker may yet fail (or lose its lease) and come back for a retry:
                 # this worker waits (IDLE) instead of leaving that retry with nobody to run it.
-                self._stop_seen = True
-                oracle.tuner_ids.add(tuner_id)
+                self.stop.stop_seen = True
+                oracle.keep_waiting(tuner_id)
                 trial = trial_module.Trial(oracle.get_space(), status=IDLE)
             attempt = 0
             if trial.status == RUNNING:
-                if resumed:
-                    run = self.book.get(trial.trial_id)
+                run = self.book.running.get(trial.trial_id)
+                if run is not None and run.owner == tuner_id:  # its own running trial, asked for again
                     log.info("trial %s resumed by %s (attempt %d)", trial.trial_id, tuner_id, run.attempt)
                 else:
-                    run = self._start_attempt(trial, tuner_id, caller, now=time.time())
-                    if run.attempt > 1:  # a retry: stock leaves its state saying INVALID
-                        oracle.trial_restarted(trial)
+                    run = self._start_attempt(trial, tuner_id, caller, now=self._wall())
                     if self.trial_lines.allow():
                         log.info("trial %s -> %s (attempt %d): %s", trial.trial_id, tuner_id, run.attempt,
                                  trial.hyperparameters.values)
                 attempt = run.attempt
             elif trial.status == STOPPED:
-                self._stop_seen = True
+                self.stop.stop_seen = True
                 if tuner_id not in self.stopped_workers:
                     self.stopped_workers.add(tuner_id)
                     log.info("%s told to stop: no trials left", tuner_id)
@@ -245,10 +215,6 @@ class Coordinator(claims.ClaimsMixin):
             self._notify()
         self._on_event(self)
         return trial, attempt
-
-    def _retry_possible_elsewhere(self, worker: str) -> bool:
-        retries = self.oracle.max_retries_per_trial
-        return any(r.owner != worker and r.ended < retries for r in self.book.running.values())
 
     def _reporter(self, trial_id: str, caller: Caller, what: str):
         """The run whose current attempt `caller` holds, its lease renewed; NotOwner (logged once
@@ -287,35 +253,13 @@ class Coordinator(claims.ClaimsMixin):
             if self.book.is_repeat_end(trial.trial_id, caller):
                 return
             run = self._reporter(trial.trial_id, caller, "result")
-            try:
-                oracle.check_space(trial.hyperparameters)
-            except InvalidSpace as exc:
-                raise InvalidRequest(f"result of trial {trial.trial_id} refused: {exc}") from None
+            refusals.request_space(oracle, trial.hyperparameters, f"result of trial {trial.trial_id} refused")
             if message:
                 trial.message = message
-            self._end(trial, run.owner, message, used)
+            oracle.check_end(trial)
+            self._end(trial, run.owner, oracle.verdict(trial), message, used)
             self._check_finished()
         self._on_event(self)
-
-    def _end(self, trial, worker: str, message: str, used=None, cause: Cause = Cause.OWNER) -> None:
-        """oracle.end_trial, then the state machine's transition and its journal line."""
-        oracle = self.oracle
-        oracle.end_trial(trial)
-        ended = oracle.trials[trial.trial_id]
-        outcome = Phase.QUEUED if trial.trial_id in oracle.queued_ids else Phase(ended.status)
-        run = self.book.end(trial.trial_id, outcome, time.time(), cause, short_message(message), used)
-        status = recovery.outcome_status(outcome)
-        self.journal.record(Event.END, trial=trial.trial_id, attempt=run.attempt, status=status, cause=cause.value,
-                            seconds=run.seconds, message=short_message(message), used=used)
-        self.tally.ended(ended, run)
-        self.on_attempt_end(trial.trial_id, status, cause, message)
-        if oracle.failure_streak and not self.fatal:
-            self.fatal = oracle.failure_streak
-            log.error("search stopped: %s", self.fatal)
-        if outcome is not Phase.COMPLETED:
-            log.info("trial %s %s by %s: %s", trial.trial_id, status, worker, short_message(message))
-        elif self.trial_lines.allow():
-            log.info("trial %s %s by %s: %s=%s", trial.trial_id, status, worker, oracle.objective.name, ended.score)
 
     def get_trial(self, trial_id):
         with self._locked() as oracle:
@@ -326,63 +270,8 @@ class Coordinator(claims.ClaimsMixin):
         with self._locked() as oracle:
             return oracle.get_best_trials(num_trials)
 
-    def progress(self) -> progress.Summary:
-        """The summary `progress.line` prints, without touching every trial; it takes the count of
-        trial lines skipped since the last call. Silent: more than two heartbeats unheard."""
-        with self._lock:
-            return self.tally.summary(self.oracle.max_trials or len(self.oracle.trials),
-                                      {r.owner: t for t, r in self.book.running.items()}, len(self.oracle.queued_ids),
-                                      self.oracle.objective.name, self.trial_lines.take_skipped(),
-                                      self.trial_lines.rate, self.leases.presence(2 * self.heartbeat_seconds))
-
-    def presence(self):
-        """The leases' Presence (chief.leases): ids holding a lease, those unheard for two heartbeats."""
-        with self._lock:
-            return self.leases.presence(2 * self.heartbeat_seconds)
-
-    # -- state of the search --------------------------------------------------------
-    def wait_for_stop_heard(self, timeout: float) -> list[str]:
-        """Block until every worker that asked for work was told STOPPED, or `timeout`; the workers still unaware."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                with self._lock:
-                    waiting = sorted(self.oracle.tuner_ids)
-                left = deadline - time.monotonic()
-                if not waiting or left <= 0 or self.faults.over():
-                    return waiting
-                self._changed.wait(left)
-
-    def _notify(self):
-        with self._changed:
-            self._changed.notify_all()
-
     def _check_finished(self):
-        oracle = self.oracle
-        budget_spent = bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
-        over = (self._stop_seen or budget_spent) and not self.book.running and not oracle.queued_ids
-        self._over = over or bool(self.fatal)
-
-    def mark_finished(self, summary: dict) -> None:
-        """Tell late or restarted workers (they share the state dir) that there is nothing left to do."""
-        write_text_atomic(os.path.join(self.project_dir, FINISHED_MARKER), json.dumps(summary) + "\n")
-
-    def snapshot(self) -> progress.Snapshot:
-        """A consistent view for progress lines, status and the results files."""
-        with self._lock:
-            oracle = self.oracle
-            best = oracle.get_best_trials(1)
-            return progress.Snapshot(
-                trials=list(oracle.trials.values()),
-                runs=dict(self.book.runs),
-                running={r.owner: t for t, r in self.book.running.items()},
-                queued=list(oracle.queued_ids),
-                max_trials=oracle.max_trials,
-                objective=progress.ObjectiveInfo(oracle.objective.name, oracle.objective.direction),
-                best=best[0] if best and best[0].status == trial_module.TrialStatus.COMPLETED else None,
-                space=[hp.name for hp in oracle.hyperparameters.space],
-                fatal=self.fatal,
-            )
+        self._over = self.stop.over(self.book, len(self.oracle.trials))
 
     def save_state(self) -> None:
         """Write the state files now (start-up, shutdown)."""
@@ -397,3 +286,4 @@ class Coordinator(claims.ClaimsMixin):
             self.writer.close()
         finally:
             self.journal.close()
+

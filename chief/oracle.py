@@ -8,52 +8,53 @@ Every private KerasTuner name ktcluster's chief uses is used here and nowhere el
 - `Oracle._save_trial(trial)`: stock's hook for "a trial changed" (create, report, end);
   overridden to journal the state before the reply and write trial.json behind.
 - `Oracle._check_consecutive_failures()`: stock scans every ended trial (O(trials) per result) and
-  raises inside `@synchronized`, leaving the oracle half-updated and its lock held; overridden
-  to check the tail and record the stop instead of raising.
+  raises inside `@synchronized`, leaving the oracle half-updated and its lock held; overridden to
+  do nothing: the stop policy (chief.stopping) counts failures in a row from the state machine.
 - `Oracle._set_project_dir`, `_project_dir`, `_get_oracle_fname`, `_get_trial_dir`: where stock
   keeps its files (read by StateWriter and tools such as `tuner.reload()`).
 - `Oracle._check_objective_found(metrics)`: stock's check that a report holds the objective,
   run before the report reaches the oracle (inside `update_trial` it would raise under the lock).
-- `Oracle._retry_queue`, `_run_times`, `_id_to_hash`, `_tried_so_far`, `_compute_values_hash`:
-  the retry queue and tried values, read by the coordinator and rebuilt by `restore`.
+- `Oracle._retry_queue`, `_run_times`, `_id_to_hash`, `_tried_so_far`, `_compute_values_hash`,
+  `tuner_ids`, `ongoing_trials`: the retry queue, tried values and workers not told to stop, made
+  to follow the trial state machine (`follow`, `forget_worker`, `keep_waiting`), rebuilt by
+  `restore`, and shown to the invariant check (`bookkeeping`); never read to decide anything.
 - `engine.oracle.LOCKS` / `THREADS`: `@synchronized` releases its lock only on a normal return;
   `release_lock_after_error` releases it when a stock method raised.
-- `Oracle._retry(trial)`: stock prints `Trial 07 failed 1 times. 1 retries left.` bare to stdout;
-  overridden to send what it prints to the chief's log, in its format.
+- `Oracle._retry(trial)`: stock decides a retry itself and prints `Trial 07 failed 1 times. 1
+  retries left.` bare to stdout; overridden to follow the state machine's decision and send what
+  stock prints to the chief's log, in its format.
 Tested with keras-tuner TESTED_KERAS_TUNER; `version_warning()` says so when another is installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import importlib.metadata
 import io
-import json
 import logging
 import math
 import os
 import threading
-import time
 
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.engine import trial as trial_module
 
+from chief import oracle_files, refusals
+from chief.invariants import Bookkeeping
 from chief.journal import JOURNAL
 from chief.recovery import InconsistentState
-from chief.trials import InvalidRequest, Phase, TrialBook
+from chief.refusals import InvalidSpace
+from chief.trials import Effects, Ended, InvalidRequest, OracleStep, Phase, Queued, TrialBook
+from shared.results import trial_order
+
+__all__ = ["Bookkeeping", "ClusterOracleMixin", "InvalidSpace", "cluster_class", "cluster_oracle", "short_message",
+           "version_warning"]
 
 TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
-MAX_HYPERPARAMETERS = 1000
-MAX_NAME_LENGTH = 128
 RUNNING = trial_module.TrialStatus.RUNNING
 FINAL = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
 stock_log = logging.getLogger("ktcluster.keras_tuner")  # what stock prints, as chief log lines
 log = logging.getLogger("ktcluster.chief")
-
-
-class InvalidSpace(ValueError):
-    """A search space sent by a worker that must not reach the oracle; `str()` says why."""
 
 
 def version_warning() -> str | None:
@@ -76,7 +77,7 @@ class ClusterOracleMixin:
 
     journal = None  # chief.journal.RunJournal
     writer = None  # chief.statefiles.StateWriter
-    failure_streak: str | None = None  # set when max_consecutive_failed_trials were reached
+    _following: Phase | None = None  # the outcome the state machine decided, while `follow` ends a trial
     #: called as on_end(oracle, trial) after a trial's end is recorded (its hyperparameters merged
     #: into the space by stock's end_trial: those first drawn in fit or run_trial arrive here);
     #: chief.startup sets it to keep the HParams config in step. It must not raise.
@@ -97,28 +98,28 @@ class ClusterOracleMixin:
         self.writer.save()
 
     def _retry(self, trial) -> bool:
-        """Stock's retry decision; what it prints goes to the log (sys.stdout is swapped for the
-        call: a print from another thread meanwhile is logged too, never lost)."""
+        """The state machine's decision (`follow`) made stock's: the trial queued for a retry or
+        ended with the outcome decided. What stock prints goes to the log (sys.stdout is swapped
+        for the call: a print from another thread meanwhile is logged too, never lost)."""
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
-                return super()._retry(trial)
+                retried = super()._retry(trial)
         finally:
             for line in filter(None, map(str.strip, printed.getvalue().splitlines())):
                 stock_log.info("KerasTuner: %s", line)
+        decided = self._following
+        if decided is None or retried is (decided is Phase.QUEUED):
+            return retried
+        if retried:
+            self._retry_queue.remove(trial.trial_id)
+        else:
+            self._retry_queue.append(trial.trial_id)
+        trial.status = trial_module.TrialStatus.INVALID if decided is Phase.QUEUED else decided.value
+        return decided is Phase.QUEUED
 
     def _check_consecutive_failures(self) -> None:
-        """Only the tail of `end_order` can form a new run of failures; record it, never raise."""
-        limit, run = self.max_consecutive_failed_trials, 0
-        for trial_id in reversed(self.end_order):
-            trial = self.trials[trial_id]
-            if trial.status != trial_module.TrialStatus.FAILED:
-                return
-            run += 1
-            if run >= limit:
-                self.failure_streak = (f"{limit} trials failed in a row (KTC_MAX_CONSECUTIVE_FAILURES); last error: "
-                                       f"{short_message(trial.message)}")
-                return
+        """Off: chief.stopping.StopPolicy decides when failures in a row stop the search."""
 
     # -- what the coordinator and the state files ask ---------------------------------------
     @property
@@ -131,32 +132,72 @@ class ClusterOracleMixin:
     def trial_file(self, trial_id: str) -> str:
         return os.path.join(self._get_trial_dir(trial_id), "trial.json")
 
-    @property
-    def queued_ids(self) -> list[str]:
-        return self._retry_queue
+    # -- the adapter: the oracle follows the trial state machine (chief.trials) ---------------
+    def follow(self, effects: Effects, trial=None) -> None:
+        """Carry out `effects.oracle`. END: stock's end_trial with `trial` (the worker's copy, its
+        status and message), the retry queue and final status as the machine decided; RESTARTED:
+        the retried trial (`trial`, as create_trial returned it) saved, stock does not."""
+        if effects.oracle is OracleStep.RESTARTED:
+            self._save_trial(trial)
+        elif effects.oracle is OracleStep.END:
+            assert isinstance(effects.event, Ended)
+            self._following = effects.event.outcome
+            try:
+                self.end_trial(trial)
+            finally:
+                self._following = None
+            if self.on_end is not None:
+                self.on_end(self, self.trials[trial.trial_id])
 
-    def trial_restarted(self, trial) -> None:
-        """A retry was handed out: stock does not save it, so its state would still say INVALID."""
-        self._save_trial(trial)
+    def verdict(self, trial) -> str:
+        """The status the algorithm gives an ending attempt, before any retry is decided: stock
+        counts a COMPLETED one whose objective scores NaN as INVALID. Reports are refused unless
+        finite (chief.refusals): only a trial with a non-finite value on record (journals of
+        older chiefs) is scored here."""
+        recorded = self.trials.get(trial.trial_id)
+        if trial.status != trial_module.TrialStatus.COMPLETED or recorded is None or all(
+                math.isfinite(value) for history in recorded.metrics.metrics.values()
+                for observation in history.get_history() for value in observation.value):
+            return trial.status
+        self.score_trial(recorded)  # stock scores it again in end_trial, with the same metrics
+        return trial_module.TrialStatus.INVALID if recorded.score != recorded.score else trial.status
+
+    def lost_copy(self, trial_id: str, message: str):
+        """What the chief ends a lost attempt with: the trial as recorded, INVALID, with `message`."""
+        recorded = self.trials[trial_id]
+        return trial_module.Trial(recorded.hyperparameters, trial_id=trial_id,
+                                  status=trial_module.TrialStatus.INVALID, message=message)
+
+    def forget_worker(self, worker: str) -> None:
+        """`worker` will not hear STOPPED (its lease ran out, or the search stopped): stop waiting for it."""
+        self.tuner_ids.discard(worker)
+
+    def keep_waiting(self, worker: str) -> None:
+        """`worker` was told IDLE instead of STOPPED: it will ask again, and must hear STOPPED then."""
+        self.tuner_ids.add(worker)
+
+    def workers_not_stopped(self) -> list[str]:
+        """The workers that asked for work and were not yet told STOPPED, sorted."""
+        return sorted(self.tuner_ids)
+
+    def bookkeeping(self) -> Bookkeeping:
+        """What stock keeps about who runs what, what is queued and what ended (the invariant check)."""
+        return Bookkeeping({w: t.trial_id for w, t in self.ongoing_trials.items()}, list(self._retry_queue),
+                           {t: trial.status for t, trial in self.trials.items()}, dict(self._run_times))
 
     def check_metrics(self, metrics: dict) -> None:
-        """Raise ValueError unless a progress report is safe to record: at most MAX_HYPERPARAMETERS
-        metrics with sane names and finite values (an infinite objective would become the best
-        trial, a NaN one a silent retry), and the objective among them (stock would raise that
-        inside its lock)."""
-        if len(metrics) > MAX_HYPERPARAMETERS:
-            raise ValueError(f"{len(metrics)} metrics: at most {MAX_HYPERPARAMETERS} are allowed")
-        for name, value in metrics.items():
-            if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
-                raise ValueError(f"metric name {name[:40]!r}: 1 to {MAX_NAME_LENGTH} printable characters")
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"metric {name}={value!r} is not a finite number (a diverged training: end the "
-                                 "attempt FAILED with why)")
+        """ValueError unless a progress report is safe to record (chief.refusals.check_metrics), with
+        the objective among its metrics (stock would raise that inside its lock)."""
+        refusals.check_metrics(metrics)
         self._check_objective_found(metrics)
 
-    def end_trial(self, trial) -> None:
-        """Stock's end_trial, after checking that a COMPLETED trial has its objective on record
-        (stock would raise a KeyError inside its lock); InvalidRequest (nothing changed) if not."""
+    def check_space(self, hyperparameters) -> None:
+        """InvalidSpace unless merging `hyperparameters` into the space is safe (chief.refusals)."""
+        refusals.check_space(self.hyperparameters.space, hyperparameters)
+
+    def check_end(self, trial) -> None:
+        """InvalidRequest (nothing changed) unless an attempt may end as `trial` says: a COMPLETED
+        trial must have its objective on record (stock would raise a KeyError inside its lock)."""
         if trial.status == trial_module.TrialStatus.COMPLETED and trial.trial_id in self.trials:
             recorded = self.trials[trial.trial_id].metrics.metrics
             if not self.objective.has_value(recorded):
@@ -164,38 +205,12 @@ class ClusterOracleMixin:
                     f"trial {trial.trial_id} ended COMPLETED without a report of its objective "
                     f"{self.objective.name} (reported: {', '.join(sorted(recorded))[:200] or 'nothing'}); report "
                     "it first, or end the attempt FAILED")
-        super().end_trial(trial)
-        if self.on_end is not None:
-            self.on_end(self, self.trials[trial.trial_id])
 
     def release_lock_after_error(self) -> None:
         """A stock `@synchronized` method raised in this thread: release the lock it kept."""
         if oracle_module.THREADS[self] == threading.current_thread().name:
             oracle_module.THREADS[self] = None
             oracle_module.LOCKS[self].release()
-
-    def check_space(self, hyperparameters) -> None:
-        """Raise InvalidSpace unless merging `hyperparameters` into the space is safe: finite
-        numbers, names of sane length, conditions on known parents, at most MAX_HYPERPARAMETERS."""
-        known = {hp.name for hp in self.hyperparameters.space}
-        names = known | {hp.name for hp in hyperparameters.space}
-        if len(names) > MAX_HYPERPARAMETERS:
-            raise InvalidSpace(f"{len(names)} hyperparameters: at most {MAX_HYPERPARAMETERS} are allowed")
-        for hp in hyperparameters.space:
-            if not hp.name or len(hp.name) > MAX_NAME_LENGTH or not hp.name.isprintable():
-                raise InvalidSpace(f"hyperparameter name {hp.name[:40]!r}...: 1 to {MAX_NAME_LENGTH} printable "
-                                   "characters")
-            config = hp.get_config()
-            for key in ("min_value", "max_value", "step", "default", "value", "values"):
-                values = config.get(key)
-                for value in values if isinstance(values, list) else [values]:
-                    if isinstance(value, float) and not math.isfinite(value):
-                        raise InvalidSpace(f"hyperparameter {hp.name!r}: {key} {value} is not a finite number")
-            _check_shape(hp.name, config)
-            for condition in hp.conditions:
-                if condition.name not in names:
-                    raise InvalidSpace(f"hyperparameter {hp.name!r}: its condition names {condition.name!r}, "
-                                       "which is not in the space")
 
     # -- restart ------------------------------------------------------------------------
     def restore(self, book: TrialBook, states: dict[str, dict]) -> dict[str, str]:
@@ -213,7 +228,7 @@ class ClusterOracleMixin:
         retry is queued, a trial that exists without a start (a project or journal from before
         start lines) is queued unless its state is final, and finished trials stay finished."""
         known = set(book.runs) | set(states)
-        saved = self._read_oracle_file(known)
+        saved = oracle_files.read_oracle_file(self.oracle_file(), self.project_dir, known)
         if saved is None:
             return {}
         if not known and saved["start_order"]:
@@ -222,101 +237,41 @@ class ClusterOracleMixin:
                 f"({os.path.join(self.project_dir, JOURNAL)}) has none: restore the journal, or start "
                 "a new search (another KTC_PROJECT)")
         self.trials = {}
-        ahead = self._load_trial_files(known, states)
+        ahead = oracle_files.load_trial_files(self, known, states)
         for trial_id, state in states.items():
             self.trials[trial_id] = trial_module.Trial.from_state(state)
             self.writer.trial_changed(self.trials[trial_id])
         ahead |= {t for t in map(str, saved["start_order"]) if t not in self.trials}
         if ahead and not self.writer.behind:
             raise InconsistentState(
-                f"{self.oracle_file()} names trials {', '.join(sorted(ahead, key=_order))} that the journal "
+                f"{self.oracle_file()} names trials {', '.join(sorted(ahead, key=trial_order))} that the journal "
                 f"({len(known)} trials) does not: it is ahead of the journal (was the journal replaced by an "
                 "older copy?); restore the journal, or start a new search (another KTC_PROJECT)")
-        self.set_state(_within(saved, set(self.trials)))
-        if ahead or _within(saved, set(self.trials)) != saved:
+        self.set_state(oracle_files.within(saved, set(self.trials)))
+        if ahead or oracle_files.within(saved, set(self.trials)) != saved:
             log.warning("%s named trials the journal does not (%s): rewritten from the journal",
-                        self.oracle_file(), ", ".join(sorted(ahead, key=_order)) or "none")
+                        self.oracle_file(), ", ".join(sorted(ahead, key=trial_order)) or "none")
         self.writer.save()
         return self._rebuild(book)
 
-    def _read_oracle_file(self, known: set[str]) -> dict | None:
-        """oracle.json's content; None for a new project (no oracle.json, no journal)."""
-        path = self.oracle_file()
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-            if not isinstance(saved, dict) or not isinstance(saved.get("ongoing_trials"), dict):
-                raise ValueError("not an oracle's state")
-            for key in ("start_order", "end_order", "retry_queue"):
-                if not isinstance(saved.get(key), list):
-                    raise ValueError(f"no {key} list")
-            return saved
-        except FileNotFoundError:
-            if known:
-                raise InconsistentState(
-                    f"{self.project_dir} has a journal of {len(known)} trials but no oracle.json; restore "
-                    "oracle.json, or start a new search (another KTC_PROJECT)") from None
-            return None
-        except (OSError, ValueError) as exc:
-            raise InconsistentState(
-                f"{path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); restore it "
-                "from a backup, or start a new search (another KTC_PROJECT)") from None
-
-    def _load_trial_files(self, known: set[str], states: dict[str, dict]) -> set[str]:
-        """Trials from their trial.json files. The journal's states win (a file that is missing,
-        damaged or differs is rewritten by the writer, logged here); a trial the journal does not
-        know is ahead of it: its folder is set aside (renamed, never deleted) so its id can be
-        handed out again cleanly. Returns the ids set aside."""
-        files = {}
-        for path in glob.glob(os.path.join(self.project_dir, "trial_*", "trial.json")):
-            try:
-                with open(path) as f:
-                    files[path] = json.load(f)
-                trial_id = str(files[path]["trial_id"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                files[path] = exc
-        ahead = set()
-        for trial_id in sorted(known, key=_order):
-            path = self.trial_file(trial_id)
-            content = files.pop(path, None)
-            if trial_id not in states:
-                if isinstance(content, dict):  # a start without a state line (older journals): the file's
-                    self.trials[trial_id] = trial_module.Trial.from_state(content)
-                continue
-            expected = json.loads(json.dumps(trial_module.Trial.from_state(states[trial_id]).get_state()))
-            if content is None:
-                log.warning("%s is missing: rewritten from the journal", path)
-            elif isinstance(content, Exception):
-                log.warning("%s is damaged (%s): rewritten from the journal", path, type(content).__name__)
-            elif content != expected:
-                log.info("%s differs from the journal (written behind it): rewritten from the journal", path)
-        for path, content in files.items():
-            trial_id = str(content.get("trial_id")) if isinstance(content, dict) else None
-            if trial_id in known and path == self.trial_file(trial_id):
-                continue
-            folder = os.path.dirname(path)
-            aside = f"{folder}.ahead-of-journal-{int(time.time())}"
-            os.rename(folder, aside)
-            ahead.add(trial_id or os.path.basename(folder).removeprefix("trial_"))
-            log.warning("%s is not in the journal (ahead of it, or damaged): set aside as %s", path, aside)
-        return ahead
-
     def _rebuild(self, book: TrialBook) -> dict[str, str]:
-        """The oracle's bookkeeping from the journal's runs: running trials stay with their
-        owners, retries are queued, orders, run counts and tried values rebuilt."""
-        self.ongoing_trials, queue, restored = {}, [], {}
+        """The oracle's bookkeeping made to follow the journal's book: running trials stay with
+        their owners, the book's queue is the retry queue (a trial known only from a state that
+        is not final, from journals before start lines, is queued through the book first),
+        orders, run counts and tried values rebuilt."""
         for trial_id, trial in self.trials.items():
-            run = book.runs.get(trial_id)
-            if run is not None and run.phase is Phase.RUNNING:
-                trial.status = RUNNING
-                self.ongoing_trials[run.owner] = trial
+            if trial_id not in book.runs and trial.status not in FINAL:
+                book.apply(Queued(trial_id))
+        self.ongoing_trials, restored = {}, {}
+        for trial_id, run in book.running.items():
+            if trial_id in self.trials:
+                self.trials[trial_id].status = RUNNING
+                self.ongoing_trials[run.owner] = self.trials[trial_id]
                 self.tuner_ids.add(run.owner)
                 restored[run.owner] = trial_id
-            elif (run is None and trial.status not in FINAL) or (run is not None and run.phase is Phase.QUEUED):
-                queue.append(trial_id)
-        self._retry_queue = queue
+        self._retry_queue = [t for t in book.queued if t in self.trials]
         known = set(self.start_order)
-        self.start_order += [t for t in sorted(self.trials, key=int) if t not in known]
+        self.start_order += [t for t in sorted(self.trials, key=trial_order) if t not in known]
         ended = set(self.end_order)
         finals = sorted((run.ended_at or 0, t) for t, run in book.runs.items()
                         if t not in ended and t in self.trials and run.phase is not None and run.phase.final)
@@ -329,43 +284,6 @@ class ClusterOracleMixin:
                 self._id_to_hash[trial_id] = digest
                 self._tried_so_far.add(digest)
         return restored
-
-
-def _order(trial_id: str):
-    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
-
-
-def _within(saved: dict, trials: set[str]) -> dict:
-    """oracle.json's state naming only `trials` (what the journal knows): an oracle.json ahead of
-    a journal replaced by an older copy, or naming a trial whose file is gone, would otherwise
-    make stock's set_state raise KeyError or rank trials the journal never saw."""
-    state = dict(saved)
-    state["ongoing_trials"] = {w: t for w, t in saved["ongoing_trials"].items() if t in trials}
-    for key in ("start_order", "end_order", "retry_queue"):
-        state[key] = [t for t in saved[key] if t in trials]
-    if isinstance(saved.get("run_times"), dict):
-        state["run_times"] = {t: n for t, n in saved["run_times"].items() if t in trials}
-    if isinstance(saved.get("id_to_hash"), dict):
-        state["id_to_hash"] = {t: h for t, h in saved["id_to_hash"].items() if t in trials}
-        if isinstance(saved.get("tried_so_far"), list):
-            kept = set(state["id_to_hash"].values())
-            state["tried_so_far"] = [h for h in saved["tried_so_far"] if h in kept]
-    return state
-
-
-def _check_shape(name: str, config: dict) -> None:
-    """InvalidSpace unless a hyperparameter can be sampled: min <= max, a positive step, a
-    Choice with values, a known sampling."""
-    low, high, step = config.get("min_value"), config.get("max_value"), config.get("step")
-    if low is not None and high is not None and low > high:
-        raise InvalidSpace(f"hyperparameter {name!r}: min_value {low} is greater than max_value {high}")
-    if step is not None and not step > 0:
-        raise InvalidSpace(f"hyperparameter {name!r}: step {step} must be greater than 0")
-    if "values" in config and not config["values"]:
-        raise InvalidSpace(f"hyperparameter {name!r}: a Choice needs at least one value")
-    sampling = config.get("sampling")
-    if sampling is not None and sampling not in ("linear", "log", "reverse_log"):
-        raise InvalidSpace(f"hyperparameter {name!r}: sampling {sampling!r} is not linear, log or reverse_log")
 
 
 def short_message(message: str | None) -> str:

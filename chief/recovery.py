@@ -1,6 +1,8 @@
-"""Recovery from the journal: its lines folded back into the trial state machine and states.
+"""Replay of the journal: its start and end records applied, in order, through the trial state
+machine's one `apply` (chief.trials), the same path live calls take; its trial lines folded into
+KerasTuner states.
 
-Used by a restarting chief (then `ClusterOracleMixin.restore` makes the oracle agree) and by
+Used by a restarting chief (then the oracle is made to follow the book, chief.oracle) and by
 `python -m chief status`, which needs no TensorFlow. The journal is the truth: the state files
 are written behind it and may lag.
 """
@@ -11,9 +13,10 @@ import dataclasses
 import os
 
 from chief.journal import JOURNAL, Event, JournalCorrupt, read_lines
-from chief.trials import Cause, Phase, Refused, TrialBook
+from chief.records import RETRY, from_record
+from chief.trials import Refused, TrialBook
 
-RETRY = "RETRY"  # an end line's status when the trial went back to the queue
+__all__ = ["RETRY", "InconsistentState", "Replayed", "read_project", "replay"]
 
 
 class InconsistentState(RuntimeError):
@@ -26,25 +29,21 @@ class Replayed:
     states: dict[str, dict]  # trial id -> its latest KerasTuner state (trial.json's content)
 
 
-def outcome_status(phase: Phase) -> str:
-    """The status an end line records for a trial's phase after the end."""
-    return RETRY if phase is Phase.QUEUED else phase.value
-
-
 def replay(events: list[dict], path: str = JOURNAL) -> Replayed:
     """Fold journal events, in order; JournalCorrupt names the first line that contradicts the
     state machine or the lines before it."""
     book, states, spaces = TrialBook(), {}, {}
     for number, event in enumerate(events, start=1):
         try:
-            _apply(event, book, states, spaces)
+            _fold(event, book, states, spaces)
         except (Refused, KeyError, TypeError, ValueError) as exc:
             raise JournalCorrupt(f"{path} line {number} does not fit the lines before it ({exc}); the journal is "
                                  "damaged: restore it from a backup or start a new project") from None
     return Replayed(book, states)
 
 
-def _apply(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
+def _fold(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
+    """One line: a start or end record through the machine's apply, a state into `states`."""
     kind = Event(event["event"])
     if kind is Event.SPACE:
         spaces[event["ref"]] = event["space"]
@@ -55,15 +54,9 @@ def _apply(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
         states[event["trial"]] = state
     elif kind is Event.METRICS:
         _apply_metrics(event, states)
-    elif kind is Event.START:
-        book.start(event["trial"], event["worker"], stock=event.get("stock", False), now=event["t"])
-    elif kind is Event.CHIEF:
-        pass  # a chief took the project over (chief.ownership); reading the journal fenced it already
-    else:
-        status = event["status"]
-        outcome = Phase.QUEUED if status == RETRY else Phase(status)
-        book.end(event["trial"], outcome, now=event["t"], cause=Cause(event.get("cause", "owner")),
-                 message=event.get("message") or "", used=event.get("used"))
+    elif kind in (Event.START, Event.END):
+        book.apply(from_record(event))
+    # a `chief` line: a chief took the project over (chief.ownership); reading the journal fenced it already
 
 
 def _apply_metrics(event: dict, states: dict) -> None:

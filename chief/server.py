@@ -24,9 +24,10 @@ import grpc
 from keras_tuner.engine import hyperparameters as hp_module
 from keras_tuner.engine import trial as trial_module
 
+from chief import refusals
 from chief.journal import StorageUnavailable
 from chief.leases import DuplicateWorker
-from chief.oracle import MAX_HYPERPARAMETERS
+from chief.refusals import MAX_HYPERPARAMETERS
 from chief.trials import Caller, InvalidRequest, NotRegistered, Refused
 from shared import config, rpc, tls
 from shared.logs import OncePerWindow
@@ -227,11 +228,7 @@ class ClusterServicer(_Servicer):
     def _who(request) -> tuple[str, str]:
         if not isinstance(request, dict):
             raise InvalidRequest("the request must be a JSON object with 'worker' and 'instance'")
-        worker = _string(request, "worker", config.MAX_TUNER_ID)
-        try:
-            config.validate_tuner_id(worker, name="worker")
-        except config.ConfigError as exc:
-            raise InvalidRequest(str(exc)) from None
+        worker = refusals.request_tuner_id(_string(request, "worker", config.MAX_TUNER_ID), "worker")
         return worker, _string(request, "instance", 128)
 
     @_guarded

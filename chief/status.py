@@ -16,7 +16,7 @@ import json
 import os
 
 from chief import progress, recovery
-from chief.trials import Phase
+from shared.results import trial_order
 from shared import layout, results
 from shared.atomic import write_text_atomic
 
@@ -134,7 +134,7 @@ def snapshot(settings) -> progress.Snapshot | None:
         states[state["trial_id"]] = state
     replayed = recovery.read_project(project_dir)
     states.update(replayed.states)
-    trials = [TrialRecord.of(states[t]) for t in sorted(states, key=lambda t: (len(t), t))]
+    trials = [TrialRecord.of(states[t]) for t in sorted(states, key=trial_order)]
     record = read_search(project_dir)
     finished = layout.search_finished(project_dir)
     if record is not None:
@@ -150,7 +150,7 @@ def snapshot(settings) -> progress.Snapshot | None:
         best = (max if direction == "max" else min)(done, key=lambda t: t.score)
     book = replayed.book
     running = {run.owner: tid for tid, run in book.running.items()}
-    queued = [tid for tid, run in book.runs.items() if run.phase is Phase.QUEUED]
+    queued = list(book.queued)
     space = [hp["config"]["name"] for hp in oracle["hyperparameters"]["space"]]
     return progress.Snapshot(trials, dict(book.runs), running, queued, max_trials,
                              progress.ObjectiveInfo(objective, direction), best, space, finished=finished)

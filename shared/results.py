@@ -15,6 +15,12 @@ FIXED_COLUMNS = ["trial_id", "worker", "status", "score", "seconds"]
 LAST_COLUMNS = ["attempts", "message"]  # after the hyperparameters
 
 
+def trial_order(trial_id: str) -> tuple:
+    """The sort key of trial ids, everywhere they are listed: KerasTuner's ids are numbers (zero-
+    padded to one width), in numeric order; any other id after them, in text order."""
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+
+
 def cell(value) -> str:
     if value is None:
         return ""
@@ -61,7 +67,7 @@ def trials_rows(trials, runs, hp_names):
     a first trial completed, rather than values its build may ignore. An ended trial whose used
     set is unknown (failed, or run by a stock worker) shows every value it was given."""
     rows, common = [], None
-    for trial in sorted(trials, key=lambda t: t.trial_id):
+    for trial in sorted(trials, key=lambda t: trial_order(t.trial_id)):
         run = runs.get(trial.trial_id)
         row = {
             "trial_id": trial.trial_id,

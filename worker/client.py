@@ -22,20 +22,20 @@ when told IDLE and never says who it is. This client:
 - turns a progress report the chief refuses as malformed (INVALID_ARGUMENT: a NaN or infinite
   metric) into ReportRefused, whose one line is the chief's reason: the failed trial says why.
 
+By concern: the channel, its redial and bounded retries in worker.channel; registration and
+heartbeats in worker.heartbeats; the ledger of running attempts in worker.attempts; the
+protocol's calls here.
+
 Private KerasTuner names used here: `OracleClient._oracle` (the local oracle the stock
 client wraps; we set it the same way so inherited code finds it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 import secrets
-import socket
 import threading
-import time
 
 import grpc
 from keras_tuner.engine import hyperparameters as hp_module
@@ -43,8 +43,10 @@ from keras_tuner.engine import trial as trial_module
 from keras_tuner.src.distribute import oracle_client  # the stock client: no public import path
 
 from shared import layout, rpc
+from worker.attempts import Attempt, AttemptLedger
 from worker.channel import (ChannelMixin, ChiefFailed, ChiefUnreachable, DuplicateWorkerId, SearchFinished,
                             SettingsMismatch, TLSMismatch, new_retry_lines)
+from worker.heartbeats import HeartbeatsMixin
 
 __all__ = ["OracleClient", "Attempt", "AttemptLost", "ReportRefused", "ChiefFailed", "ChiefUnreachable",
            "DuplicateWorkerId", "SearchFinished", "SettingsMismatch", "TLSMismatch"]
@@ -68,20 +70,11 @@ class AttemptLost(RuntimeError):
     A plain error on purpose: KerasTuner ends the trial locally, and `end_trial` then sends nothing."""
 
 
-@dataclasses.dataclass
-class Attempt:
-    """A trial this process runs: its attempt number, when the chief handed it out (monotonic
-    clock), and whether the chief has since said it is no longer ours."""
-    number: int
-    since: float
-    lost: bool = False
-
-
 def _stopped() -> trial_module.Trial:
     return trial_module.Trial(hyperparameters=None, status=trial_module.TrialStatus.STOPPED)
 
 
-class OracleClient(ChannelMixin, oracle_client.OracleClient):
+class OracleClient(ChannelMixin, HeartbeatsMixin, oracle_client.OracleClient):
     """Drop-in for keras_tuner's OracleClient (a subclass, so Tuner code that checks for it works)."""
 
     def __init__(self, local_oracle, address: str, tuner_id: str, timeout: float, project_state_dir: str,
@@ -99,8 +92,7 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
         self.fingerprint: dict | None = None  # sent with every Register (shared.fingerprint)
         self.multi_worker, self.should_report = False, True
         self.heartbeat_seconds = 1.0  # the chief's value replaces it at register()
-        self._attempts: dict[str, Attempt] = {}  # trial id -> our running attempt (under _lock)
-        self._lock = threading.Lock()
+        self.attempts = AttemptLedger()  # the attempts this process runs
         self.used: dict[str, list[str]] = {}  # trial id -> hyperparameters its model was built with
         self._idle_pause = IDLE_BACKOFF[0]
         self._stopping = threading.Event()
@@ -111,24 +103,17 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
     # -- attempts ------------------------------------------------------------------------
     def attempt_of(self, trial_id: str) -> int | None:
         """The attempt number this process runs for `trial_id`, None if it runs none."""
-        with self._lock:
-            current = self._attempts.get(trial_id)
-            return current.number if current else None
+        return self.attempts.number(trial_id)
 
     def is_lost(self, trial_id: str) -> bool:
         """True once the chief said our attempt at `trial_id` is no longer ours."""
-        with self._lock:
-            current = self._attempts.get(trial_id)
-            return bool(current and current.lost)
+        return self.attempts.is_lost(trial_id)
 
     def _lose(self, trial_id: str, why: str) -> None:
-        with self._lock:
-            current = self._attempts.get(trial_id)
-            if current is None or current.lost:
-                return
-            current.lost = True
-        log.warning("%s: trial %s attempt %d is no longer ours (%s): stopping it, sending nothing more for it",
-                    self.tuner_id, trial_id, current.number, why)
+        number = self.attempts.lose(trial_id)
+        if number is not None:
+            log.warning("%s: trial %s attempt %d is no longer ours (%s): stopping it, sending nothing more for it",
+                        self.tuner_id, trial_id, number, why)
 
     def _attempt_metadata(self, trial_id: str) -> tuple:
         number = self.attempt_of(trial_id)
@@ -141,90 +126,6 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
     @property
     def max_trials(self):
         return self._oracle.max_trials
-
-    # -- ktcluster's service ------------------------------------------------------------
-    def register(self, claim_seconds: float, fingerprint: dict | None = None) -> dict:
-        """Claim this worker id. A restarted worker may find its previous process still counted
-        as present for a few heartbeats: it keeps asking for `claim_seconds`, then gives up.
-        `fingerprint` (shared.fingerprint's wire form): SettingsMismatch if the chief's differs."""
-        info = f"{socket.gethostname()} pid {os.getpid()}"
-        self.fingerprint = fingerprint
-        request = {"worker": self.tuner_id, "instance": self.instance, "info": info}
-        if fingerprint is not None:
-            request["fingerprint"] = fingerprint
-        give_up = time.monotonic() + claim_seconds
-        while True:
-            try:
-                reply, _ = self._call("Register", request)
-                break
-            except DuplicateWorkerId:
-                if time.monotonic() >= give_up:
-                    raise
-                self._stopping.wait(1.0)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
-                raise SettingsMismatch(exc.details()) from None
-        self.heartbeat_seconds = reply["heartbeat_seconds"]
-        if self._heartbeats is None:
-            self._heartbeats = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-            self._heartbeats.start()
-        return reply
-
-    def _beat(self):
-        """Heartbeats until close(). An outage is logged when it starts and when it ends; the
-        main thread's calls decide when to give up on the chief."""
-        request = {"worker": self.tuner_id, "instance": self.instance}
-        unheard_since = None
-        while not self._stopping.wait(self.heartbeat_seconds):
-            sent = time.monotonic()
-            try:
-                reply, _ = self.cluster.Heartbeat.with_call(request, timeout=self.heartbeat_seconds)
-            except grpc.RpcError as exc:
-                if unheard_since is None:
-                    unheard_since = sent
-                    log.warning("%s: heartbeat unanswered (%s); training goes on", self.tuner_id, exc.code().name)
-                self._redial()
-                if layout.finished_watch(self.project_state_dir).final():
-                    self._search_over("the chief is unreachable and the search is marked finished")
-                continue
-            if unheard_since is not None:
-                log.info("%s: the chief answers again, after %.1fs", self.tuner_id, time.monotonic() - unheard_since)
-                unheard_since = None
-            try:
-                self._heard(reply, sent)
-                if not reply.get("ok"):  # the chief restarted, or our lease lapsed: claim the id again
-                    again = {**request, "info": "re-register"}
-                    if self.fingerprint is not None:
-                        again["fingerprint"] = self.fingerprint
-                    self.cluster.Register.with_call(again, timeout=self.heartbeat_seconds)
-            except grpc.RpcError as exc:
-                log.debug("re-register failed: %s", exc.code())
-
-    def _heard(self, reply: dict, sent: float) -> None:
-        """Apply a heartbeat reply sent at `sent`: attempts missing from (or different in) its
-        `attempts` are lost, unless handed out after the heartbeat left (the chief could not
-        have listed them). An `ok: False` reply (re-register first) or one without `attempts`
-        (an older chief) decides nothing about attempts."""
-        if reply.get("finished"):
-            self._search_over("the chief says the search is over")
-        owned = reply.get("attempts")
-        if not reply.get("ok") or not isinstance(owned, dict):
-            return
-        with self._lock:
-            mine = [(tid, a.number) for tid, a in self._attempts.items() if a.since < sent and not a.lost]
-        for trial_id, number in mine:
-            if str(owned.get(trial_id)) != str(number):
-                self._lose(trial_id, f"the chief's heartbeat lists attempt {owned.get(trial_id)}")
-
-    def _search_over(self, why: str) -> None:
-        if not self.finished.is_set():
-            log.info("%s: %s", self.tuner_id, why)
-        self.finished.set()
-        with self._lock:
-            running = list(self._attempts)
-        for trial_id in running:
-            self._lose(trial_id, "the search is over")
 
     # -- KerasTuner's Oracle protocol ----------------------------------------------------
     def get_space(self):
@@ -251,8 +152,7 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
             return _stopped()  # nothing left to wait for
         trailing = dict(call.trailing_metadata() or ())
         if trial.status == trial_module.TrialStatus.RUNNING:
-            with self._lock:
-                self._attempts[trial.trial_id] = Attempt(int(trailing.get(rpc.ATTEMPT_KEY, 1) or 1), time.monotonic())
+            self.attempts.start(trial.trial_id, int(trailing.get(rpc.ATTEMPT_KEY, 1) or 1))
         if trial.status == trial_module.TrialStatus.IDLE:  # others' trials must finish first
             self.finished.wait(self._idle_pause)  # a heartbeat saying `finished` ends the pause
             self._idle_pause = min(self._idle_pause * 2, IDLE_BACKOFF[1])
@@ -296,8 +196,7 @@ class OracleClient(ChannelMixin, oracle_client.OracleClient):
                     raise
                 self._lose(trial_id, f"EndTrial refused: {exc.details()}")
         finally:
-            with self._lock:
-                self._attempts.pop(trial_id, None)
+            self.attempts.forget(trial_id)
 
     def get_trial(self, trial_id):
         response, _ = self._call("GetTrial", service.GetTrialRequest(trial_id=trial_id))

@@ -235,7 +235,7 @@ def test_restart_keeps_running_trials_for_their_workers_and_never_reruns(tmp_pat
     restarted = restart(tmp_path, clock, max_trials=4)
     assert {w: t.trial_id for w, t in restarted.oracle.ongoing_trials.items()} == {
         "w2": running.trial_id, "w1": retried.trial_id}
-    assert restarted.oracle.queued_ids == []
+    assert restarted.oracle.bookkeeping().queued == []
     assert restarted.heartbeat("w1", "w1")["attempts"] == {retried.trial_id: 2}
     restarted.update_trial(running.trial_id, {"score": 0.7}, 0, me("w2"))  # live worker reports: kept
     restarted.end_trial(result(running), me("w2", "w2", 1))
@@ -279,7 +279,7 @@ def test_restart_on_finished_project_is_finished_at_once(tmp_path):
     c.mark_finished({"completed": 1})
     c.close()
     restarted = restart(tmp_path, clock, max_trials=1)
-    assert restarted.finished.is_set() and not restarted.oracle.ongoing_trials and not restarted.oracle.queued_ids
+    assert restarted.finished.is_set() and not restarted.oracle.ongoing_trials and not restarted.oracle.bookkeeping().queued
     assert os.path.exists(tmp_path / "proj" / FINISHED_MARKER)
     restarted.close()
 
@@ -309,7 +309,7 @@ def test_crash_with_a_stale_state_file_loses_nothing(tmp_path):
     again = restart(tmp_path, clock, max_trials=5)
     oracle = again.oracle
     assert {w: t.trial_id for w, t in oracle.ongoing_trials.items()} == {"w2": running.trial_id}
-    assert oracle.queued_ids == [lost.trial_id]
+    assert oracle.bookkeeping().queued == [lost.trial_id]
     assert oracle.end_order == [done.trial_id] and oracle.trials[done.trial_id].status == "COMPLETED"
     again.register("w4", "w4")
     retry, attempt = again.create_trial("w4", me("w4"))
@@ -392,7 +392,7 @@ def test_journal_written_before_space_lines_still_replays(tmp_path):
 
     again = coordinator(tmp_path, Clock())
     assert again.oracle.trials[trial.trial_id].get_state() == state
-    assert again.oracle.queued_ids == []  # no start line, but COMPLETED: never handed out again
+    assert again.oracle.bookkeeping().queued == []  # no start line, but COMPLETED: never handed out again
     again.register("w1", "i1")
     second, _ = again.create_trial("w1", me("w1", "i1"))
     assert second.trial_id != trial.trial_id
@@ -831,3 +831,50 @@ def test_the_chief_says_when_the_installed_keras_tuner_is_outside_the_tested_ran
         low, high = oracle_module.TESTED_KERAS_TUNER
         assert f"keras-tuner {installed} is installed" in warning and f"{low} to {high}" in warning
         assert "\n" not in warning
+
+
+def test_validate_names_each_way_the_oracle_disagrees_with_the_book(tmp_path):
+    """Issue 23: the book, the journal replayed and the oracle agree after every call (the unit
+    tests' conftest checks it after each); when they do not, validate names the difference."""
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "w1")
+    trial, _ = c.create_trial("w1", me("w1"))
+    c.validate()
+    c.oracle._retry_queue.append(trial.trial_id)  # the oracle's own bookkeeping, changed behind the book
+    with pytest.raises(InconsistentState, match=rf"queued: the book says \[\], the oracle \['{trial.trial_id}'\]"):
+        c.validate()
+    c.oracle._retry_queue.clear()
+    c.book.runs[trial.trial_id].attempt = 5  # the book, changed behind the journal
+    with pytest.raises(InconsistentState, match=f"trial {trial.trial_id}: the book has .* the journal replays to"):
+        c.validate()
+
+
+def test_a_restart_checks_that_the_oracle_follows_the_replayed_book(tmp_path, monkeypatch):
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    c.save_state()
+    one_done_one_running_one_lost(c, clock)
+    kill_9(c)
+    rebuild = oracle_module.ClusterOracleMixin._rebuild
+
+    def forgets_the_queue(self, book):
+        kept = rebuild(self, book)
+        self._retry_queue = []
+        return kept
+
+    monkeypatch.setattr(oracle_module.ClusterOracleMixin, "_rebuild", forgets_the_queue)
+    with pytest.raises(InconsistentState, match="does not follow the journal .*queued: the book says"):
+        restart(tmp_path, clock)
+
+
+def test_a_nan_objective_on_record_is_retried_as_stock_scores_it(tmp_path):
+    """Reports are refused unless finite, but a journal of an older chief may hold a NaN: the
+    state machine then decides a retry (stock's rule: a NaN score is INVALID), and the oracle
+    follows (validated after every call by the conftest)."""
+    c = coordinator(tmp_path, Clock())
+    c.register("w1", "w1")
+    trial, attempt = c.create_trial("w1", me("w1"))
+    c.oracle.update_trial(trial.trial_id, {"score": float("nan")}, step=0)  # as an older chief recorded it
+    c.end_trial(result(trial), me("w1", attempt=attempt))
+    assert [(e["trial"], e["status"]) for e in journal(tmp_path) if e["event"] == "end"] == [(trial.trial_id, "RETRY")]
+    assert list(c.book.queued) == [trial.trial_id] and c.oracle.bookkeeping().queued == [trial.trial_id]
