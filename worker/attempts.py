@@ -12,10 +12,12 @@ import time
 @dataclasses.dataclass
 class Attempt:
     """A trial this process runs: its attempt number, when the chief handed it out (monotonic
-    clock), and whether the chief has since said it is no longer ours."""
+    clock), whether the chief has since said it is no longer ours, and the hyperparameters it
+    used (its build, fit and run_trial: reported with its end)."""
     number: int
     since: float
     lost: bool = False
+    used: tuple[str, ...] = ()
 
 
 class AttemptLedger:
@@ -36,6 +38,19 @@ class AttemptLedger:
         with self._lock:
             current = self._attempts.get(trial_id)
             return current.number if current else None
+
+    def record_used(self, trial_id: str, names) -> None:
+        """The hyperparameters our attempt at `trial_id` used (nothing if we run none)."""
+        with self._lock:
+            current = self._attempts.get(trial_id)
+            if current is not None:
+                current.used = tuple(sorted(names))
+
+    def used(self, trial_id: str) -> list[str]:
+        """What our attempt at `trial_id` used, as recorded ([] if nothing was)."""
+        with self._lock:
+            current = self._attempts.get(trial_id)
+            return list(current.used) if current else []
 
     def is_lost(self, trial_id: str) -> bool:
         """True once the chief said our attempt at `trial_id` is no longer ours."""

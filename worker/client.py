@@ -93,7 +93,6 @@ class OracleClient(ChannelMixin, HeartbeatsMixin, oracle_client.OracleClient):
         self.multi_worker, self.should_report = False, True
         self.heartbeat_seconds = 1.0  # the chief's value replaces it at register()
         self.attempts = AttemptLedger()  # the attempts this process runs
-        self.used: dict[str, list[str]] = {}  # trial id -> hyperparameters its model was built with
         self._idle_pause = IDLE_BACKOFF[0]
         self._stopping = threading.Event()
         self.finished = threading.Event()  # a heartbeat said the search is over
@@ -181,7 +180,7 @@ class OracleClient(ChannelMixin, HeartbeatsMixin, oracle_client.OracleClient):
         """Report the end of our attempt; sends nothing for a lost one. FAILED_PRECONDITION
         (the attempt is no longer ours) marks it lost and returns: it is no failure of ours."""
         trial_id = trial.trial_id
-        used = self.used.pop(trial_id, [])
+        used = self.attempts.used(trial_id)
         try:
             if self.is_lost(trial_id):
                 return

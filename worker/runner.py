@@ -189,7 +189,7 @@ class ClusterTuner(kt.Tuner):
             attempt_board.end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
                               "attempt taken away" if lost else trial.message if failed else "", lost=lost,
                               metrics=metrics)
-        self.oracle.used[trial.trial_id] = sorted(self._used)
+        self.oracle.attempts.record_used(trial.trial_id, self._used)
         if lost:
             pass  # the client logged it once, when it learnt it
         elif failed:
