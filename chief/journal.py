@@ -37,6 +37,7 @@ import re
 import time
 from typing import Protocol
 
+from chief.records import VERSION
 from chief.journal_lines import JOURNAL, Decoded, Event, JournalCorrupt, decode, encode, generation_in, read_lines
 
 __all__ = ["JOURNAL", "Decoded", "Event", "Fence", "JournalCorrupt", "ProjectLost", "RunJournal", "StorageUnavailable",
@@ -178,8 +179,8 @@ class RunJournal:
         return bool(self._pending)
 
     def record(self, event: Event, **fields) -> None:
-        """Buffer one line; `commit` writes it."""
-        line = {"event": event.value, **fields, "t": time.time()}
+        """Buffer one line (of records.VERSION, as every line written now); `commit` writes it."""
+        line = {"event": event.value, **fields, "t": time.time(), "v": VERSION}
         if self.generation is not None:
             line["g"] = self.generation
         self._pending += encode(line)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import orjson
 
-from chief.records import Move
+from chief.records import VERSION, Move
 
 JOURNAL = "ktcluster-runs.jsonl"
 
@@ -89,10 +89,17 @@ def _generation(event) -> int:
     return g
 
 
+def _readable_version(event) -> bool:
+    v = event.get("v", 0)  # no `v`: a line of version 0 (d1fbc2d and earlier)
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= VERSION
+
+
 def decode(data: bytes, path: str = JOURNAL) -> Decoded:
     """Decode a journal's bytes. A line whose generation `g` is lower than that of a `chief` line
     before it was appended by a chief after another had taken the project over: it is left out
-    (counted in `ignored`). JournalCorrupt names a line that cannot be read."""
+    (counted in `ignored`). JournalCorrupt names a line that cannot be read, or one of a version
+    later than records.VERSION (a newer ktcluster wrote it: guessing its meaning could lose or
+    re-run trials)."""
     whole = data.rfind(b"\n") + 1  # bytes up to the end of the last whole line
     events, ignored, top = [], 0, 0
     for number, line in enumerate(data[:whole].splitlines(), start=1):
@@ -103,6 +110,9 @@ def decode(data: bytes, path: str = JOURNAL) -> Decoded:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise JournalCorrupt(f"{path} line {number} cannot be read ({type(exc).__name__}); "
                                  "the journal is damaged: restore it from a backup or start a new project") from None
+        if not _readable_version(event):
+            raise JournalCorrupt(f"{path} line {number} is of journal version {event.get('v')!r}: this chief "
+                                 f"reads versions 0 to {VERSION} (a newer ktcluster wrote it: run that version)")
         if g < top:
             ignored += 1
             continue

@@ -10,8 +10,8 @@ import logging
 from keras_tuner.engine import trial as trial_module
 
 from chief.leases import token_digest
-from chief.oracle import short_message
 from chief.trials import Caller, Cause, Effects, Phase
+from shared.logs import last_line
 
 log = logging.getLogger("ktcluster.chief")
 INVALID = trial_module.TrialStatus.INVALID
@@ -42,7 +42,7 @@ class MovesMixin:
     def _end(self, trial, worker: str, status: str, message: str, used=None, cause: Cause = Cause.OWNER) -> Effects:
         """The state machine decides how the attempt ends and applies it; the oracle, the journal,
         the tally, the stop policy and the log follow."""
-        oracle, note = self.oracle, short_message(message)
+        oracle, note = self.oracle, last_line(message)
         ended = self.book.decide_end(trial.trial_id, status, cause, self._wall(), oracle.max_retries_per_trial,
                                      note, used)
         effects = self.book.apply(ended)

@@ -47,8 +47,7 @@ from chief.refusals import InvalidSpace
 from chief.trials import Effects, Ended, InvalidRequest, OracleStep, Phase, Queued, TrialBook
 from shared.results import trial_order
 
-__all__ = ["Bookkeeping", "ClusterOracleMixin", "InvalidSpace", "cluster_class", "cluster_oracle", "short_message",
-           "version_warning"]
+__all__ = ["Bookkeeping", "ClusterOracleMixin", "InvalidSpace", "cluster_class", "cluster_oracle", "version_warning"]
 
 TESTED_KERAS_TUNER = ("1.4.7", "1.4.8")  # inclusive range of keras-tuner versions tested
 RUNNING = trial_module.TrialStatus.RUNNING
@@ -284,12 +283,6 @@ class ClusterOracleMixin:
                 self._id_to_hash[trial_id] = digest
                 self._tried_so_far.add(digest)
         return restored
-
-
-def short_message(message: str | None) -> str:
-    """'ExceptionType: text' from a traceback (its last non-empty line), on one line."""
-    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
-    return " ".join(lines[-1].split())[:500] if lines else ""
 
 
 def cluster_class(cls: type) -> type:

@@ -86,6 +86,19 @@ def test_a_torn_last_line_is_cut_before_the_next_append_and_every_restart_replay
     assert _ended(tmp_path) == {"0": ("COMPLETED", 1), "1": ("COMPLETED", 1), "2": ("COMPLETED", 1)}
 
 
+def test_every_line_carries_the_version_and_a_newer_one_is_refused_naming_it(tmp_path):
+    from chief.records import VERSION
+
+    data = _journal(tmp_path)
+    lines = [json.loads(line) for line in data.splitlines()]
+    assert lines and all(line["v"] == VERSION for line in lines), lines  # trial, space, metrics lines too
+    newer = json.dumps({**lines[1], "v": VERSION + 1}).encode() + b"\n"
+    (tmp_path / JOURNAL).write_bytes(b"".join(data.splitlines(keepends=True)[:1]) + newer)
+    with pytest.raises(JournalCorrupt, match=f"line 2 is of journal version {VERSION + 1}: this chief reads "
+                                             f"versions 0 to {VERSION} \\(a newer ktcluster wrote it"):
+        RunJournal(str(tmp_path))
+
+
 @pytest.mark.parametrize("bad", [b"{not json", b'{"trial": "0"}', b'{"event": "nonsense"}', b"[1, 2]", b"\xff\xfe"])
 def test_an_unreadable_line_before_the_last_stops_naming_file_and_line(tmp_path, bad):
     lines = _journal(tmp_path).splitlines(keepends=True)
@@ -182,6 +195,6 @@ def test_nan_infinity_and_big_ints_read_back_from_the_file(tmp_path):
     j.commit()
     j.close()
     events = RunJournal(str(tmp_path)).events
-    strip = [{k: v for k, v in e.items() if k != "t"} for e in events]
+    strip = [{k: v for k, v in e.items() if k not in ("t", "v")} for e in events]
     assert json.dumps(strip) == json.dumps([{k: v for k, v in e.items() if k != "t"} for e in ODD])
     assert events[4]["state"]["hyperparameters"]["values"]["x"] == 2**70
