@@ -226,7 +226,8 @@ class RunJournal:
         self._pending.clear()
 
     def record_trial(self, state: dict) -> None:
-        """A trial's new state (the caller passes a fresh `trial.get_state()`, left unchanged)."""
+        """A trial's new state (the caller passes a fresh `trial.get_state()`, left unchanged): a
+        `trial` line whose search space refers to a `space` line (`trial_state` reads it back)."""
         hyperparameters = state["hyperparameters"]
         reference = self._space_reference(hyperparameters["space"])
         self.record(Event.TRIAL, trial=state["trial_id"],
@@ -246,3 +247,13 @@ class RunJournal:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def trial_state(line: dict, spaces: dict[str, list]) -> tuple[str, dict]:
+    """(trial id, its state) from a `trial` line as `RunJournal.record_trial` writes it, the
+    space it refers to taken from `spaces` (reference -> space: the `space` lines read before it;
+    KeyError for an unknown reference). Lines from before space references hold the space itself."""
+    state, hyperparameters = line["state"], line["state"]["hyperparameters"]
+    if isinstance(hyperparameters["space"], str):
+        state = {**state, "hyperparameters": {**hyperparameters, "space": spaces[hyperparameters["space"]]}}
+    return line["trial"], state

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from chief.journal import JOURNAL, Event, JournalCorrupt, read_lines
+from chief.journal import JOURNAL, Event, JournalCorrupt, read_lines, trial_state
 from chief.records import RETRY, from_record
 from chief.trials import Refused, TrialBook
 
@@ -48,10 +48,8 @@ def _fold(event: dict, book: TrialBook, states: dict, spaces: dict) -> None:
     if kind is Event.SPACE:
         spaces[event["ref"]] = event["space"]
     elif kind is Event.TRIAL:
-        state, hyperparameters = event["state"], event["state"]["hyperparameters"]
-        if isinstance(hyperparameters["space"], str):
-            state["hyperparameters"] = {**hyperparameters, "space": spaces[hyperparameters["space"]]}
-        states[event["trial"]] = state
+        trial_id, state = trial_state(event, spaces)
+        states[trial_id] = state
     elif kind is Event.METRICS:
         _apply_metrics(event, states)
     elif kind in (Event.START, Event.END):
