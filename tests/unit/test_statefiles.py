@@ -114,7 +114,7 @@ def test_the_state_writer_backs_off_and_logs_once_per_window(tmp_path, monkeypat
             # waits of 0.02, 0.04, ... 0.64 s: a handful of tries in ~1.5 s, not one every 10 ms
             assert 6 <= tried <= 12, tried
             gaps = [b - a for a, b in zip(attempts, attempts[1:])]
-            assert gaps[-1] > 4 * gaps[0]
+            assert max(gaps) >= 0.16  # the wait grew (0.02 doubled 3 times); a try may write several files
             assert len(_lines(caplog)) == 1 and faults.failing
             disk_full.clear()
             deadline = time.monotonic() + 10
