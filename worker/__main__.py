@@ -6,7 +6,7 @@ Exit codes: 0 search over, 1 runtime failure (chief unreachable, data missing),
 
 A project marked finished when the worker starts is not over yet for it: a chief started with it
 may continue it (KTC_MAX_TRIALS raised). The worker waits for the chief's word before it loads
-anything (`_await_chief`, shared.layout.FinishedWatch): the marker withdrawn (go on), re-confirmed
+its data and model (`_await_chief`, shared.layout.FinishedWatch): the marker withdrawn (go on), re-confirmed
 (exit 0), a failed start (the chief's code), or no chief's word within KTC_LEASE_SECONDS + 30 s
 (at most KTC_CHIEF_TIMEOUT_SECONDS; exit 0): a continuing chief withdraws the marker as soon as it
 holds the project, before it loads data or model.
@@ -47,10 +47,6 @@ def main() -> int:
     # (TensorFlow's import, the data) ends our first wait at once (see layout.ChiefFailureWatch).
     watch = layout.chief_failure_watch(settings.project_state_dir)
     finished = layout.finished_watch(settings.project_state_dir)  # its first look: "finished" before we started
-    if finished.marked_at_start:
-        code = _await_chief(settings, tuner_id, finished, watch)
-        if code is not None:
-            return code
 
     from shared import data, devices, hypermodels
     from shared.data import DataError
@@ -58,12 +54,16 @@ def main() -> int:
                                TLSMismatch)
 
     devices.configure_tensorflow(settings.tf_threads)
-    try:
+    try:  # the device first: every worker says which one it was given, also one that trains nothing
         device = devices.use_device(tuner_id, replica_of(tuner_id), settings.gpu_map)
     except ValueError as exc:
         return _fail(2, str(exc))
     log.info("%s: chief %s, device %s", tuner_id, settings.oracle_address, device)
     log.info("%s: %s", tuner_id, tls.describe(settings.tls_dir, "worker"))
+    if finished.marked_at_start:  # before the data and the model load
+        code = _await_chief(settings, tuner_id, finished, watch)
+        if code is not None:
+            return code
 
     def chief_gave_up():
         failure = watch.check()
