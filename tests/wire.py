@@ -9,7 +9,9 @@ made-up metrics, so a search finishes in a few RPCs per trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
 import uuid
 
@@ -21,6 +23,27 @@ from shared import rpc
 service = protos.get_service()
 proto = protos.get_proto()
 STATUS = proto.TrialStatus
+
+
+@contextlib.contextmanager
+def serving(coordinator, on_call=None):
+    """Serve `coordinator` in this process on a port the OS picked (chief.server's bind and serve,
+    `on_call` as the chief passes it); yield (Oracle stub, Cluster stub, channel). On exit the server
+    stops, the coordinator closes, and the garbage collector is as before (serve() froze the heap)."""
+    from chief.server import bind, serve
+
+    threshold = gc.get_threshold()
+    server, port = bind("127.0.0.1:0")
+    serve(server, coordinator, on_call=on_call)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield protos.get_service_grpc().OracleStub(channel), rpc.ClusterStub(channel), channel
+    finally:
+        channel.close()
+        server.stop(grace=None).wait(10)
+        coordinator.close()
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,6 @@ over a real KerasTuner oracle with a fake clock, the RPC counters over real gRPC
 endpoint over a real socket, and KTC_METRICS_PORT. Every exposition is read back with
 prometheus_client's own parser."""
 
-import gc
 
 import grpc
 import pytest
@@ -11,12 +10,12 @@ from keras_tuner.src import protos
 
 from chief.coordinator import Coordinator
 from chief.metrics import ChiefMetrics, Endpoint, LOST_REASONS, RPC_METHODS
-from chief.server import bind, serve
 from shared import config, rpc
 from shared.config import ConfigError
 from tests.procs import free_port, prometheus_samples as samples, scrape
 from tests.unit.test_config import env as config_env
 from tests.unit.test_coordinator import Clock, finish, make_oracle, me, result
+from tests.wire import serving
 
 
 def value(parsed: dict, name: str, **labels) -> float:
@@ -122,15 +121,10 @@ def test_storage_faults_are_counted_by_what_failed(watched):
 
 
 def test_rpcs_are_counted_per_method_and_status_code_over_real_grpc(tmp_path):
-    threshold = gc.get_threshold()
     coordinator = Coordinator(make_oracle(tmp_path, max_trials=3), lease_seconds=10, heartbeat_seconds=1)
     metrics = ChiefMetrics()
     metrics.watch(coordinator)
-    server, port = bind("127.0.0.1:0")
-    serve(server, coordinator, on_call=metrics.rpc)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        stub, cluster = protos.get_service_grpc().OracleStub(channel), rpc.ClusterStub(channel)
+    with serving(coordinator, on_call=metrics.rpc) as (stub, cluster, _):
         worker = [(rpc.WORKER_KEY, "w1"), (rpc.INSTANCE_KEY, "w1-pid")]
         cluster.Register({"worker": "w1", "instance": "w1-pid"})
         for _ in range(2):
@@ -142,12 +136,6 @@ def test_rpcs_are_counted_per_method_and_status_code_over_real_grpc(tmp_path):
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError):  # a stock client, refused
             stub.CreateTrial(protos.get_service().CreateTrialRequest(tuner_id="stock"))
-    finally:
-        channel.close()
-        server.stop(grace=None).wait(10)
-        coordinator.close()
-        gc.unfreeze()  # serve() froze this test process's heap
-        gc.set_threshold(*threshold)
     m = samples(metrics.text())
     assert value(m, "ktc_rpc_requests_total", method="Register", code="OK") == 1
     assert value(m, "ktc_rpc_requests_total", method="Heartbeat", code="OK") == 2

@@ -1,7 +1,6 @@
 """The chief's gRPC servicer over real gRPC: KerasTuner's Oracle protocol with ktcluster's
 metadata, and every refusal answered with its status code and one line."""
 
-import gc
 import json
 
 import grpc
@@ -11,9 +10,9 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
 from chief.coordinator import Coordinator
-from chief.server import bind, serve
 from shared import rpc
 from tests.unit.test_coordinator import make_oracle
+from tests.wire import serving
 
 service = protos.get_service()
 TrialStatus = protos.get_proto().TrialStatus
@@ -22,19 +21,9 @@ TrialStatus = protos.get_proto().TrialStatus
 @pytest.fixture
 def chief(tmp_path):
     """(coordinator, Oracle stub, Cluster stub, channel) for a chief serving on a port the OS picked."""
-    threshold = gc.get_threshold()
     coordinator = Coordinator(make_oracle(tmp_path, max_trials=5), lease_seconds=10, heartbeat_seconds=1)
-    server, port = bind("127.0.0.1:0")
-    serve(server, coordinator)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield coordinator, protos.get_service_grpc().OracleStub(channel), rpc.ClusterStub(channel), channel
-    finally:
-        channel.close()
-        server.stop(grace=None).wait(10)
-        coordinator.close()
-        gc.unfreeze()  # serve() froze this test process's heap
-        gc.set_threshold(*threshold)
+    with serving(coordinator) as (stub, cluster, channel):
+        yield coordinator, stub, cluster, channel
 
 
 def ids(worker, attempt=None, message=None, used=None):
