@@ -13,6 +13,8 @@ import os
 import socket
 import time
 
+from shared import layout
+
 MAX_CLAIM_BYTES = 4096  # a claim is a few hundred bytes; more is not a claim
 CLAIM_BYTES = 1024  # every claim written is padded to this size: on a full disk it is rewritten in place
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -102,11 +104,8 @@ class Claim:
         """A claim from a file another process wrote: None unless every field is as it should be."""
         if content is None or len(content) > MAX_CLAIM_BYTES:
             return None
-        try:
-            fields = json.loads(content)
-        except ValueError:
-            return None
-        if not isinstance(fields, dict):
+        fields = layout.json_object(content)
+        if fields is None:
             return None
 
         def integer(name, low=0):

@@ -39,6 +39,16 @@ CHIEF_CLAIM_PREFIX, CHIEF_CLAIM_SUFFIX = "ktcluster-chief.", ".json"
 _CLAIM = re.compile(r"^ktcluster-chief\.([1-9][0-9]{0,17})\.json$")
 
 
+def json_object(content: bytes | str) -> dict | None:
+    """The JSON object a file another process wrote holds; None for anything else (not JSON, or
+    JSON that is not an object): callers validate its fields before use."""
+    try:
+        fields = json.loads(content)
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
 def finished_marker(project_state_dir: str) -> str:
     return os.path.join(project_state_dir, FINISHED_MARKER)
 
@@ -147,11 +157,8 @@ class ChiefFailure:
         """A record from the file's text, validated (it is written by another process, on a
         shared volume): None unless it is a JSON object with a non-empty string `reason` and an
         integer `code` in 1..255. The reason is made one printable line of at most MAX_REASON."""
-        try:
-            fields = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(fields, dict):
+        fields = json_object(text)
+        if fields is None:
             return None
         reason, code, at = fields.get("reason"), fields.get("code"), fields.get("at", 0.0)
         if not isinstance(reason, str) or type(code) is not int or not 1 <= code <= 255:
