@@ -139,11 +139,15 @@ class ClusterTuner(kt.Tuner):
     def _board_without_fit(self, trial, started: float) -> None:
         """The attempt's TensorBoard run when no Keras fit ran in it (KerasTuner guide "Tune
         anything"): its HParams session starts at `started` and ends in on_trial_end."""
+        self._new_board(trial, 0).begin(started)
+
+    def _new_board(self, trial, execution: int) -> board.AttemptBoard:
+        """The TensorBoard run of this execution of our attempt at `trial`, kept for on_trial_end."""
         attempt = self.oracle.attempt_of(trial.trial_id) or 1
-        log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, 0)
+        log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
         attempt_board = board.AttemptBoard(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
-        attempt_board.begin(started)
-        self._boards[trial.trial_id] = [attempt_board]
+        self._boards.setdefault(trial.trial_id, []).append(attempt_board)
+        return attempt_board
 
     def save(self):
         """The worker's own tuner file (`<project>/<tuner id>.json`, KerasTuner's): a failed
@@ -156,13 +160,10 @@ class ClusterTuner(kt.Tuner):
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         """Give this execution of the attempt its own TensorBoard run (shared.board), and point a
         TensorBoard callback of the caller's, if any, at that run too."""
-        attempt = self.oracle.attempt_of(trial.trial_id) or 1
-        log_dir = hparams.attempt_log_dir(self.settings.project_log_dir, trial.trial_id, attempt, execution)
+        attempt_board = self._new_board(trial, execution)
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.TensorBoard):
-                callback.log_dir = log_dir
-        attempt_board = board.AttemptBoard(log_dir, trial, self.tuner_id, self.device, self._used, attempt)
-        self._boards.setdefault(trial.trial_id, []).append(attempt_board)
+                callback.log_dir = attempt_board.log_dir
         callbacks.append(attempt_board)
 
     def on_trial_begin(self, trial):
