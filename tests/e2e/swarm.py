@@ -46,6 +46,37 @@ def _run(*args, timeout=60, check=True, env=None) -> subprocess.CompletedProcess
     return proc
 
 
+IMAGE_SOURCE = "unix:///var/run/docker.sock"  # the machine's engine, where the image is built
+
+
+def copy_image(engine, image: str) -> None:
+    """Copy `image` from the machine's engine into `engine` (one of the tests' own: its `docker()`
+    and `env`) by `docker save | docker load`, unless it has it; drop its older ktcluster tags."""
+    if engine.docker("image", "inspect", image, check=False).returncode != 0:
+        save = subprocess.Popen(["docker", "-H", IMAGE_SOURCE, "save", image], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "load"], stdin=save.stdout, env=engine.env, capture_output=True,
+                              text=True, timeout=600)
+        save.stdout.close()
+        assert save.wait(timeout=60) == 0 and load.returncode == 0, load.stderr[-2000:]
+    for tag in engine.docker("images", "ktcluster", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
+        if tag != image:
+            engine.docker("rmi", tag, check=False)
+
+
+def require_tools(what: str, extra=()) -> None:
+    """Skip the calling test (fail it under KTC_E2E_REQUIRED=1) if this machine lacks what `what`
+    (e.g. "the Swarm end-to-end test") needs: `missing_tools()` and the commands in `extra`."""
+    import pytest
+
+    from tests.e2e.compose import REQUIRED
+
+    missing = missing_tools() + [tool for tool in extra if not shutil.which(tool)]
+    if missing:
+        if REQUIRED:
+            pytest.fail(f"{what} needs {', '.join(missing)} (KTC_E2E_REQUIRED=1)")
+        pytest.skip(f"{what} needs {', '.join(missing)}")
+
+
 class Engine:
     """The tests' engine: `start()` it (a swarm manager with FAKE_GPUS), `stop()` it (leaves the
     swarm, ends dockerd by its PID, removes the namespace). Every wait is bounded."""
@@ -85,17 +116,7 @@ class Engine:
         self.docker("swarm", "init", "--advertise-addr", NODE_IP)
 
     def load_image(self, image: str) -> None:
-        """Copy `image` from the machine's engine unless this engine has it; drop older ktcluster tags."""
-        if self.docker("image", "inspect", image, check=False).returncode != 0:
-            save = subprocess.Popen(["docker", "-H", "unix:///var/run/docker.sock", "save", image],
-                                    stdout=subprocess.PIPE)
-            load = subprocess.run(["docker", "load"], stdin=save.stdout, env=self.env, capture_output=True,
-                                  text=True, timeout=600)
-            save.stdout.close()
-            assert save.wait(timeout=60) == 0 and load.returncode == 0, load.stderr[-2000:]
-        for tag in self.docker("images", "ktcluster", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
-            if tag != image:
-                self.docker("rmi", tag, check=False)
+        copy_image(self, image)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):

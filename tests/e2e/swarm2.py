@@ -32,12 +32,11 @@ import signal
 import subprocess
 import time
 
-from tests.e2e.swarm import _run
+from tests.e2e.swarm import _run, copy_image
 
 PREFIX = "ktcsw2"
 SWITCH = f"{PREFIX}-switch"  # the bridge lives in a namespace of its own: no host firewall rule applies
 BRIDGE, BRIDGE_IP = f"{PREFIX}br", "10.232.0.1"
-IMAGE_SOURCE = "unix:///var/run/docker.sock"  # the machine's engine, where the image is built
 CUT_COMMENT = f"{PREFIX}-cut"
 
 
@@ -104,17 +103,7 @@ class Node:
             return False
 
     def load_image(self, image: str) -> None:
-        """Copy `image` from the machine's engine (`docker save | docker load`) unless it is here."""
-        if self.docker("image", "inspect", image, check=False).returncode == 0:
-            return
-        save = subprocess.Popen(["docker", "-H", IMAGE_SOURCE, "save", image], stdout=subprocess.PIPE)
-        load = subprocess.run(["docker", "load"], stdin=save.stdout, env=self.env, capture_output=True,
-                              text=True, timeout=600)
-        save.stdout.close()
-        assert save.wait(timeout=60) == 0 and load.returncode == 0, load.stderr[-2000:]
-        for tag in self.docker("images", "ktcluster", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
-            if tag != image:
-                self.docker("rmi", tag, check=False)
+        copy_image(self, image)
 
     def kill(self) -> list[int]:
         """The machine is lost: SIGKILL to every container's init (its whole PID namespace goes),

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e import swarm
-from tests.e2e.compose import REQUIRED, new_stack
+from tests.e2e.compose import new_stack
 from tests.procs import free_port, http_json, wait_until
 
 MAX_TRIALS = 10
@@ -31,11 +31,7 @@ SETTINGS = dict(KTC_DATASET="digits", KTC_EPOCHS=30, KTC_SEED=3, KTC_TF_THREADS=
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    missing = swarm.missing_tools()
-    if missing:
-        if REQUIRED:
-            pytest.fail(f"the Swarm end-to-end test needs {', '.join(missing)} (KTC_E2E_REQUIRED=1)")
-        pytest.skip(f"the Swarm end-to-end test needs {', '.join(missing)}")
+    swarm.require_tools("the Swarm end-to-end test")
     # The machine's engine builds (or reuses) the image for this tree, as for the Compose tests.
     builder = new_stack("ktcswbuild", tmp_path_factory.mktemp("swbuild"))
     builder.ensure_image()

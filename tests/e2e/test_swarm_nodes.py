@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e import swarm, swarm2
-from tests.e2e.compose import REQUIRED, new_stack
+from tests.e2e.compose import new_stack
 from tests.e2e.nodes_stack import Probe, Search, attempt_files, end_of, next_attempt, start_of
 from tests.procs import wait_until
 
@@ -40,11 +40,7 @@ FIGURES: dict[str, float] = {}  # seconds, printed at the end (docs/faults.md)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = swarm.missing_tools() + [t for t in ("iptables",) if not _which(t)]
-    if missing:
-        if REQUIRED:
-            pytest.fail(f"the two-node Swarm test needs {', '.join(missing)} (KTC_E2E_REQUIRED=1)")
-        pytest.skip(f"the two-node Swarm test needs {', '.join(missing)}")
+    swarm.require_tools("the two-node Swarm test", extra=("iptables",))
     builder = new_stack("ktcsw2build", tmp_path_factory.mktemp("sw2build"))
     builder.ensure_image()
     tag = builder.env["KTC_IMAGE_TAG"]
@@ -60,11 +56,6 @@ def cluster(tmp_path_factory):
         print("two-node figures (s):", {k: round(v, 1) for k, v in FIGURES.items()})
         left = swarm2.leftovers()
         assert left == [], f"the two-node test left {left}"
-
-
-def _which(tool):
-    import shutil
-    return shutil.which(tool)
 
 
 @pytest.fixture(scope="module")
